@@ -1,0 +1,146 @@
+"""Shared pieces of the TFDS builders: PNG encoding, image checks and resizing, the builder base class.
+
+The data sets are written as array_record and read with `builder.as_data_source()`, which works without
+TensorFlow as long as images reach `tfds.features.Image` as PNG bytes (numpy input would need TF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+from etils import epath
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+VERSION = tfds.core.Version("1.0.0")
+
+
+def short_hash(*parts: Any) -> str:
+    """8 hex digits identifying the inputs of a preparation (part of the builder config name)."""
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
+
+
+def file_fingerprint(path: str) -> tuple[str, int, int]:
+    """(absolute path, size, mtime): changes when the user replaces or edits the file."""
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, C] (C in {1, 3}) -> PNG bytes."""
+    pil = PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG", compress_level=1)  # Speed over size: these files are small.
+    return buffer.getvalue()
+
+
+def array_to_uint8(array: np.ndarray, where: str) -> np.ndarray:
+    """Validate raw pixel values and return uint8.
+
+    Integer images must lie in [0, 255]; float images must be finite and in [0, 1] (scaled by 255).
+    `where` names the file/key for the error message.
+    """
+    array = np.asarray(array)
+    if array.size == 0:
+        raise ValueError(f"{where}: empty image array")
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"{where}: integer pixel values must lie in [0, 255], got [{low}, {high}]")
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{where}: image contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{where}: float pixel values must lie in [0, 1], got [{low:.4g}, {high:.4g}]"
+                " (divide 0-255 data by 255 or store it as uint8)"
+            )
+        return np.round(array * 255.0).astype(np.uint8)
+    raise ValueError(f"{where}: unsupported pixel dtype {array.dtype}")
+
+
+def fit_square(image: PIL.Image.Image, size: int, channels: int) -> np.ndarray:
+    """PIL image of any size/mode -> uint8 [size, size, channels].
+
+    Pads to a square with black before resizing, so the sector geometry (and the physical depth axis)
+    is not stretched.
+    """
+    image = image.convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    side = max(width, height)
+    canvas = PIL.Image.new(image.mode, (side, side))
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    resized = np.asarray(canvas.resize((size, size), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return resized.reshape(size, size, channels)
+
+
+def array_to_square(array: np.ndarray, size: int, channels: int, where: str) -> np.ndarray:
+    """Raw frame [H, W] or [H, W, C] -> validated uint8 [size, size, channels]."""
+    pixels = array_to_uint8(array, where)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
+        raise ValueError(f"{where}: expected an image [H, W] or [H, W, 3], got shape {pixels.shape}")
+    return fit_square(PIL.Image.fromarray(pixels), size, channels)
+
+
+def check_class_names(class_names: Sequence[str], where: str) -> tuple[str, ...]:
+    names = tuple(str(name) for name in class_names)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"{where}: class_names must hold at least two distinct names, got {names}")
+    return names
+
+
+def check_image_format(image_size: int, channels: int) -> None:
+    if int(image_size) < 8:
+        raise ValueError(f"data.image_size must be >= 8, got {image_size}")
+    if int(channels) not in (1, 3):
+        raise ValueError(f"data.channels must be 1 or 3, got {channels}")
+
+
+class ImageClassificationBuilder(tfds.core.GeneratorBasedBuilder):
+    """Base of the flax_fld builders: features {'image': uint8 [S,S,C] PNG, 'label': ClassLabel}.
+
+    The builder config carries image_size, channels and class_names. Per-split class counts are stored in
+    the data set's metadata so DatasetInfo needs no pass over the images.
+    """
+
+    VERSION = VERSION
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's own lookup imports `importlib_resources`, which it does not declare for Python >= 3.9.
+        return epath.Path(inspect.getfile(cls))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        shape = (config.image_size, config.image_size, config.channels)
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=shape, encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=list(config.class_names)),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _counted(self, split: str, examples: Iterable[tuple[Any, dict]]):
+        """Pass examples through, recording the split's per-class counts in the metadata."""
+        counts = [0] * len(self.builder_config.class_names)
+        for key, example in examples:
+            counts[example["label"]] += 1
+            yield key, example
+        if sum(counts) == 0:
+            raise ValueError(f"{self.name}: split {split!r} is empty")
+        self.info.metadata.setdefault("class_counts", {})[split] = counts

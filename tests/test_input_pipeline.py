@@ -1,0 +1,150 @@
+"""The input pipeline: batch shapes, seeded shuffling and augmentation, exact resumption, process sharding
+and evaluation that counts every example exactly once."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from flax_fld import input_pipeline
+
+CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+NUM_EXAMPLES = 48  # 28 train / 8 validation / 12 test after the stratified split.
+
+
+def data_config(**overrides):
+    spec = importlib.util.spec_from_file_location("default_config", CONFIG_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config().data
+    config.update(dict(image_size=16, num_examples=NUM_EXAMPLES), **overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    input_pipeline.prepare_dataset(data_config(), str(path))
+    return str(path)
+
+
+def train_iterator(data_dir, **kwargs):
+    options = dict(per_device_batch_size=3, local_device_count=2, seed=0)
+    options.update(kwargs)
+    config = data_config(augment=options.pop("augment", True))
+    return input_pipeline.TrainIterator(config, data_dir, **options)
+
+
+def test_train_batches_shape_range_and_steps(data_dir):
+    iterator = train_iterator(data_dir)
+    info = iterator.info
+    assert iterator.steps_per_epoch == info.num_examples["train"] // 6
+    batch = next(iterator)
+    assert batch["image"].shape == (2, 3, 16, 16, 1) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (2, 3) and batch["label"].dtype == np.int32
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0 and batch["image"].std() > 0.05
+    assert set(batch["label"].ravel()) <= set(range(len(info.class_names)))
+
+
+def test_same_seed_same_batches_other_seed_differs(data_dir):
+    first, again, other = train_iterator(data_dir), train_iterator(data_dir), train_iterator(data_dir, seed=1)
+    for _ in range(3):
+        a, b, c = next(first), next(again), next(other)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(a["image"], c["image"])
+
+
+def _epoch_images(iterator):
+    rows = [next(iterator)["image"].reshape(-1, 16 * 16) for _ in range(iterator.steps_per_epoch)]
+    return np.concatenate(rows)
+
+
+def test_each_epoch_draws_distinct_examples_and_reshuffles(data_dir):
+    iterator = train_iterator(data_dir, augment=False)
+    epoch0, epoch1 = _epoch_images(iterator), _epoch_images(iterator)
+    dropped = iterator.info.num_examples["train"] % 6
+    for epoch in (epoch0, epoch1):
+        assert len(np.unique(epoch, axis=0)) == len(epoch) == iterator.info.num_examples["train"] - dropped
+    assert not np.array_equal(epoch0, epoch1)
+    assert iterator.get_state() == {"epoch": 2, "step": 0, "seed": 0}
+
+
+def test_resume_from_saved_state_is_exact(data_dir):
+    iterator = train_iterator(data_dir)
+    for _ in range(iterator.steps_per_epoch - 1):  # Stop just before an epoch boundary.
+        next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = [next(iterator) for _ in range(3)]
+    restored = train_iterator(data_dir)
+    restored.set_state(state)
+    for batch in expected:
+        resumed = next(restored)
+        np.testing.assert_array_equal(resumed["image"], batch["image"])
+        np.testing.assert_array_equal(resumed["label"], batch["label"])
+
+
+@pytest.mark.parametrize("state", [{"epoch": 0}, {"epoch": 0, "step": 99}, {"epoch": 0, "step": 0, "seed": 7}])
+def test_bad_state_is_rejected(data_dir, state):
+    with pytest.raises(ValueError, match="state"):
+        train_iterator(data_dir).set_state(state)
+
+
+def test_processes_split_each_global_batch(data_dir):
+    single = next(train_iterator(data_dir, local_device_count=2))
+    shards = [next(train_iterator(data_dir, local_device_count=1, process_index=p, process_count=2)) for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate([s["image"] for s in shards]), single["image"])
+    np.testing.assert_array_equal(np.concatenate([s["label"] for s in shards]), single["label"])
+
+
+def test_split_smaller_than_a_batch_is_an_error(data_dir):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train_iterator(data_dir, split="validation", per_device_batch_size=16)
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_eval_counts_every_example_once(data_dir, process_count):
+    config = data_config()
+    info = input_pipeline.prepare_dataset(config, data_dir)
+    images, labels, num_batches = [], [], []
+    for process_index in range(process_count):
+        batches = list(
+            input_pipeline.eval_batches(
+                config, data_dir, split="test", per_device_batch_size=5, local_device_count=2,
+                process_index=process_index, process_count=process_count,
+            )
+        )
+        num_batches.append(len(batches))
+        for batch in batches:
+            assert batch["image"].shape == (2, 5, 16, 16, 1) and batch["mask"].dtype == bool
+            mask = batch["mask"]
+            assert np.all(batch["image"][~mask] == 0)
+            images.append(batch["image"][mask].reshape(-1, 256))
+            labels.append(batch["label"][mask])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    assert len(set(num_batches)) == 1  # Processes stay in lock-step.
+    assert len(images) == info.num_examples["test"] == len(np.unique(images, axis=0))
+    assert tuple(np.bincount(labels, minlength=4)) == info.class_counts["test"]
+
+
+def test_augmentation_is_seeded_and_keeps_depth_axis():
+    # A depth ramp: bright near field, dark far field, like posterior attenuation.
+    image = np.repeat(np.linspace(250, 5, 32)[:, None], 32, axis=1).astype(np.uint8)[..., None]
+    image[:, :8] = 0  # Left-right asymmetry to detect horizontal flips.
+    flips = 0
+    for seed in range(40):
+        out = input_pipeline.augment_image(image, np.random.default_rng(seed))
+        again = input_pipeline.augment_image(image, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, again)
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert 0.0 <= out.min() and out.max() <= 1.0
+        assert out[4:12].mean() > out[20:28].mean()  # Never flipped vertically.
+        flips += out[:, -6:].mean() < out[:, :6].mean()
+    assert 5 < flips < 35  # Horizontal flips happen about half the time.
+
+
+def test_measure_throughput(data_dir):
+    images_per_second = input_pipeline.measure_throughput(data_config(), data_dir, batch_size=8, num_batches=4)
+    assert np.isfinite(images_per_second) and images_per_second > 50
