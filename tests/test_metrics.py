@@ -1,0 +1,138 @@
+"""Tests for flax_fld.metrics: confusion matrix (eager, jit, pmap), class report and table layout."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+from absl.testing import absltest
+
+from flax_fld import metrics
+
+CLASS_NAMES = ("normal", "mild", "moderate", "severe")
+
+
+def _numpy_confusion(labels, preds, num_classes, mask):
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    for label, pred, keep in zip(labels, preds, mask):
+        if keep:
+            counts[label, pred] += 1
+    return counts
+
+
+class ConfusionMatrixTest(chex.TestCase):
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(0)
+        self.labels = rng.integers(0, 4, size=50)
+        self.preds = rng.integers(0, 4, size=50)
+        self.mask = rng.uniform(size=50) < 0.7
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_numpy_loop(self):
+        confusion = self.variant(metrics.confusion_matrix, static_argnums=2)(self.labels, self.preds, 4)
+        np.testing.assert_array_equal(confusion, _numpy_confusion(self.labels, self.preds, 4, np.ones(50, bool)))
+        self.assertEqual(confusion.dtype, np.int32)
+        self.assertEqual(int(confusion.sum()), 50)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_mask_drops_padding(self):
+        # Padded examples often carry an arbitrary (even invalid) label; they must not count or raise.
+        labels = np.where(self.mask, self.labels, -1)
+        confusion = self.variant(metrics.confusion_matrix, static_argnums=2)(labels, self.preds, 4, self.mask)
+        np.testing.assert_array_equal(confusion, _numpy_confusion(self.labels, self.preds, 4, self.mask))
+
+    def test_pmap_with_psum(self):
+        devices = jax.local_device_count()
+        labels = self.labels[:48].reshape(devices, -1)
+        preds = self.preds[:48].reshape(devices, -1)
+        mask = self.mask[:48].reshape(devices, -1)
+        summed = jax.pmap(
+            lambda l, p, m: jax.lax.psum(metrics.confusion_matrix(l, p, 4, m), "devices"), axis_name="devices"
+        )(labels, preds, mask)
+        expected = _numpy_confusion(self.labels[:48], self.preds[:48], 4, self.mask[:48])
+        for device_result in summed:
+            np.testing.assert_array_equal(device_result, expected)
+
+    def test_rejects_out_of_range_and_shape_mismatch(self):
+        with pytest.raises(ValueError, match="outside"):
+            metrics.confusion_matrix(np.array([0, 4]), np.array([0, 1]), 4)
+        with pytest.raises(ValueError, match="differ in shape"):
+            metrics.confusion_matrix(np.array([0, 1]), np.array([0]), 4)
+        with pytest.raises(ValueError, match="mask"):
+            metrics.confusion_matrix(np.array([0, 1]), np.array([0, 1]), 4, np.array([True]))
+
+
+def _confusion_from_correct(correct, support):
+    """A confusion matrix with the given diagonal; misses go to the next class."""
+    confusion = np.zeros((len(support), len(support)), np.int64)
+    for index, (hit, count) in enumerate(zip(correct, support)):
+        confusion[index, index] = hit
+        confusion[index, (index + 1) % len(support)] = count - hit
+    return confusion
+
+
+class ClassReportTest(absltest.TestCase):
+    def test_summary_values(self):
+        confusion = _confusion_from_correct([9, 5, 2, 1], [10, 10, 4, 1])
+        report = metrics.class_report(confusion, CLASS_NAMES)
+        expected = {"normal": 90.0, "mild": 50.0, "moderate": 50.0, "severe": 100.0}
+        self.assertEqual(report["per_class_accuracy"], expected)
+        self.assertAlmostEqual(report["average"], 100 * 17 / 25)  # sample-weighted
+        self.assertAlmostEqual(report["balanced_accuracy"], 72.5)  # unweighted over classes
+        self.assertEqual(report["best_worst"], 50.0)
+        self.assertEqual((report["best_class"], report["worst_class"]), ("severe", "mild"))
+        self.assertEqual(report["num_examples"], 25)
+        self.assertEqual(report["confusion_matrix"], confusion.tolist())
+
+    def test_best_worst_is_difference_of_rounded_percentages(self):
+        # Table 1 "Ours": normal 66/69 = 95.652..., mild 69/90 = 76.666...; 95.65 - 76.67 = 18.98 (unrounded 18.99).
+        report = metrics.class_report(_confusion_from_correct([66, 69, 51, 33], [69, 90, 66, 39]), CLASS_NAMES)
+        self.assertAlmostEqual(100 * (66 / 69 - 69 / 90), 18.9855, places=4)
+        self.assertEqual(report["best_worst"], 18.98)
+
+    def test_empty_class_is_nan_and_ignored(self):
+        confusion = _confusion_from_correct([3, 0, 1, 4], [4, 0, 2, 4])
+        report = metrics.class_report(confusion, CLASS_NAMES)
+        self.assertTrue(np.isnan(report["per_class_accuracy"]["mild"]))
+        self.assertEqual(report["best_worst"], 50.0)
+        self.assertAlmostEqual(report["balanced_accuracy"], (75 + 50 + 100) / 3)
+
+    def test_rejects_bad_input(self):
+        with pytest.raises(ValueError, match="class names"):
+            metrics.class_report(np.eye(4, dtype=int), CLASS_NAMES[:3])
+        with pytest.raises(ValueError, match=r"\[K, K\]"):
+            metrics.class_report(np.ones((4, 3), int), CLASS_NAMES)
+
+
+class FormatTableTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.ours = metrics.class_report(_confusion_from_correct([66, 69, 51, 33], [69, 90, 66, 39]), CLASS_NAMES)
+        self.squeeze = metrics.class_report(_confusion_from_correct([64, 72, 38, 27], [69, 90, 66, 39]), CLASS_NAMES)
+
+    def test_paper_column_order_and_marks(self):
+        table = metrics.format_table([("SqueezeNet", self.squeeze), ("Ours", self.ours)])
+        lines = table.strip().split("\n")
+        self.assertEqual(
+            lines[0], "| Method | Mild% | Moderate% | Severe% | Normal% | Best-Worst% | Average% |"
+        )
+        self.assertEqual(len(lines), 4)
+        self.assertEqual(lines[2], "| SqueezeNet | 80.00 | *57.58* | 69.23 | *92.75* | 35.17 | 76.14 |")
+        self.assertEqual(lines[3], "| Ours | *76.67* | 77.27 | 84.62 | *95.65* | **18.98** | **82.95** |")
+
+    def test_other_class_names_keep_their_order(self):
+        report = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
+        table = metrics.format_table([("m", report)])
+        self.assertTrue(table.startswith("| Method | Benign% | Malignant% | Best-Worst% | Average% |"))
+        self.assertIn("| m | *50.00* | *100.00* | **50.00** | **75.00** |", table)
+
+    def test_rejects_mixed_classes(self):
+        other = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
+        with pytest.raises(ValueError, match="classes"):
+            metrics.format_table([("Ours", self.ours), ("other", other)])
+        with pytest.raises(ValueError, match="no rows"):
+            metrics.format_table([])
+
+
+if __name__ == "__main__":
+    absltest.main()
