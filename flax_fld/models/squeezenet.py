@@ -1,0 +1,77 @@
+"""SqueezeNet 1.1 (Iandola et al. 2016), the SqueezeNet rows of the paper's Tables 1-2.
+
+Layout follows torchvision's `squeezenet1_1` exactly (biased convolutions, no BatchNorm, ceil-mode
+max-pools, dropout + 1x1 convolution classifier, then ReLU and global average pool), so with 3 input
+channels and 1000 classes it has torchvision's 1,235,496 parameters. NHWC in, logits [B, K] out.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+    """Max-pool [B,H,W,C] -> [B,ceil((H-window)/stride)+1,...,C], like torch's `ceil_mode=True`.
+
+    The extra bottom/right window is padded with -inf (flax pads with the reduction's identity), so it
+    only sees real pixels.
+    """
+    pads = []
+    for size in x.shape[1:3]:
+        out = math.ceil(max(size - window, 0) / stride) + 1
+        pads.append((0, max(0, (out - 1) * stride + window - size)))
+    return nn.max_pool(x, (window, window), (stride, stride), padding=tuple(pads))
+
+
+class Fire(nn.Module):
+    """Fire module: 1x1 squeeze, then concatenated 1x1 and 3x3 expands, [B,H,W,Cin] -> [B,H,W,2*expand]."""
+
+    squeeze: int
+    expand: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(self.squeeze, (1, 1), name="squeeze")(x))
+        return jnp.concatenate([
+            nn.relu(nn.Conv(self.expand, (1, 1), name="expand1x1")(x)),
+            nn.relu(nn.Conv(self.expand, (3, 3), padding=1, name="expand3x3")(x)),
+        ], axis=-1)
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet 1.1: [B,H,W,C] (H, W >= 32) -> logits [B,K].
+
+    Attributes:
+        num_classes: K.
+        dropout_rate: dropout before the classifier convolution (torchvision: 0.5); uses the 'dropout' rng.
+    """
+
+    num_classes: int
+    dropout_rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.relu(nn.Conv(64, (3, 3), (2, 2), padding="VALID", name="stem_conv")(x))
+        x = max_pool_ceil(x)
+        x = Fire(16, 64, name="fire2")(x)
+        x = Fire(16, 64, name="fire3")(x)
+        x = max_pool_ceil(x)
+        x = Fire(32, 128, name="fire4")(x)
+        x = Fire(32, 128, name="fire5")(x)
+        x = max_pool_ceil(x)
+        x = Fire(48, 192, name="fire6")(x)
+        x = Fire(48, 192, name="fire7")(x)
+        x = Fire(64, 256, name="fire8")(x)
+        x = Fire(64, 256, name="fire9")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        # The class scores are a ReLU'd 1x1 convolution averaged over positions, as in torchvision.
+        x = nn.relu(nn.Conv(self.num_classes, (1, 1), name="classifier_conv")(x))
+        return jnp.mean(x, axis=(1, 2))
+
+
+def squeezenet1_1(num_classes: int, **kwargs: Any) -> SqueezeNet:
+    """SqueezeNet 1.1 (torchvision `squeezenet1_1`)."""
+    return SqueezeNet(num_classes=num_classes, **kwargs)

@@ -1,0 +1,170 @@
+"""Tests for the composite FLD model (flax_fld/models/fld.py): decouple, x_c, classify, attack functions."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from flax_fld.models import fld
+from test_classifiers import synthetic_variables
+
+FEATURES, CLASSES, SIZE = 3, 4, 32
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(dict(
+        classifier="squeezenet1_1", vit_preset="tiny", icfdnet_preset="tiny", feature_channels=FEATURES,
+        use_decouplers=True, color_space="ycbcr"))
+    config.update(overrides)
+    return config
+
+
+def synthetic_fld_variables(model: fld.FLDModel, image_shape) -> dict:
+    """init_variables' layout with numpy-filled values: the trainer's init path is tested once, below, and
+    compiling three inits per test worker would dominate this file's run time."""
+    height, width, _ = image_shape
+    variables = {"params": {}, "batch_stats": {}}
+    shapes = {"ic1": image_shape, "ic2": image_shape, "classifier": (height, width, model.classifier_channels)}
+    modules = {"classifier": model.classifier, "ic1": model.ic1, "ic2": model.ic2}
+    for seed, name in enumerate(("ic1", "ic2", "classifier") if model.use_decouplers else ("classifier",)):
+        filled = synthetic_variables(modules[name], (1, *shapes[name]), seed=seed)
+        variables["params"][name] = filled["params"]
+        variables["batch_stats"][name] = filled.get("batch_stats", {})
+    return variables
+
+
+@pytest.fixture(scope="module")
+def full():
+    model = fld.create_fld_model(model_config(), CLASSES, image_channels=1)
+    variables = synthetic_fld_variables(model, (SIZE, SIZE, 1))
+    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
+    return model, variables, images
+
+
+def test_init_variables_layout_and_determinism():
+    model = fld.create_fld_model(model_config(icfdnet_preset="tiny", classifier="vit"), CLASSES, 1)
+    variables = fld.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
+    assert set(variables["params"]) == set(variables["batch_stats"]) == {"ic1", "ic2", "classifier"}
+    assert variables["batch_stats"]["classifier"] == {}  # ViT has no BatchNorm
+    assert variables["batch_stats"]["ic1"]
+    # The synthetic variables used by the other tests have exactly init's structure and shapes.
+    synthetic = synthetic_fld_variables(model, (SIZE, SIZE, 1))
+    assert jax.tree_util.tree_map(np.shape, synthetic) == jax.tree_util.tree_map(np.shape, variables)
+    again = fld.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables, again)
+    other = fld.init_variables(model, jax.random.key(1), (SIZE, SIZE, 1))
+    differs = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), variables["params"], other["params"])
+    assert any(jax.tree_util.tree_leaves(differs["ic1"])) and any(jax.tree_util.tree_leaves(differs["classifier"]))
+    # IC1 and IC2 are different networks, not one initialisation shared.
+    assert not np.array_equal(variables["params"]["ic1"]["feature_conv"]["kernel"],
+                              variables["params"]["ic2"]["feature_conv"]["kernel"])
+
+
+@pytest.mark.parametrize("image_channels, color_space, use_decouplers, expected", [
+    (1, "ycbcr", True, 2 * FEATURES + 3),
+    (3, "gray", True, 2 * FEATURES + 1),
+    (3, "lab", False, 3),
+    (1, "gray", False, 1),
+])
+def test_classifier_input_channels_by_eval_shape(image_channels, color_space, use_decouplers, expected):
+    model = fld.create_fld_model(model_config(color_space=color_space, use_decouplers=use_decouplers,
+                                              classifier="resnet18"), CLASSES, image_channels)
+    shape = (SIZE, SIZE, image_channels)
+    variables = jax.eval_shape(lambda key: fld.init_variables(model, key, shape), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+
+    def run(variables, x):
+        decoupled, _ = fld.decouple(model, variables, x, train=False)
+        x_c = fld.classifier_input(model, x, decoupled)
+        return x_c, fld.classify(model, variables, x_c, train=False)[0]
+
+    x_c, logits = jax.eval_shape(run, variables, x)
+    assert x_c.shape == (2, SIZE, SIZE, expected) == (2, SIZE, SIZE, model.classifier_channels)
+    assert logits.shape == (2, CLASSES)
+
+
+def test_decouple_train_updates_statistics_and_eval_keeps_them(full):
+    model, variables, images = full
+    decouple = jax.jit(lambda v, x, train: fld.decouple(model, v, x, train=train), static_argnums=2)
+    decoupled, stats = decouple(variables, images, True)
+    assert decoupled.feat1.shape == decoupled.feat2.shape == (2, SIZE, SIZE, FEATURES)
+    assert decoupled.class_logits.shape == (2, CLASSES)
+    assert decoupled.x_hat.shape == images.shape
+    moved = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b),
+                                   {k: variables["batch_stats"][k] for k in ("ic1", "ic2")}, stats)
+    assert all(jax.tree_util.tree_leaves(moved))
+
+    eval_decoupled, eval_stats = decouple(variables, images, False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, eval_stats,
+                           {k: variables["batch_stats"][k] for k in ("ic1", "ic2")})
+    assert not np.allclose(eval_decoupled.feat1, decoupled.feat1)  # batch vs running statistics
+
+
+def test_forward_and_classify(full):
+    model, variables, images = full
+    logits, intermediates = jax.jit(lambda v, x: fld.forward(model, v, x))(variables, images)
+    assert logits.shape == (2, CLASSES)
+    assert intermediates["x_c"].shape == (2, SIZE, SIZE, 2 * FEATURES + 3)
+    # x_c's last channels are Y_c(x): Y of a gray image is the image itself.
+    np.testing.assert_allclose(intermediates["x_c"][..., 2 * FEATURES], images[..., 0], atol=1e-5)
+
+    classify = jax.jit(lambda v, x_c, key: fld.classify(model, v, x_c, train=True, dropout_rng=key))
+    train_logits, stats = classify(variables, intermediates["x_c"], jax.random.key(5))
+    assert train_logits.shape == (2, CLASSES) and stats == {"classifier": {}}
+
+
+def test_attack_functions_fixed_features_versus_end_to_end(full):
+    model, variables, images = full
+    decoupled, _ = jax.jit(lambda v, x: fld.decouple(model, v, x, train=False))(variables, images)
+
+    def logits_and_image_gradient(end_to_end):
+        logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=end_to_end)
+
+        def objective(x):
+            logits = logits_fn(x)
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
+
+        (_, logits), gradient = jax.jit(jax.value_and_grad(objective, has_aux=True))(images)
+        return logits, gradient
+
+    (fixed_logits, fixed), (end_to_end_logits, end_to_end) = (logits_and_image_gradient(False),
+                                                               logits_and_image_gradient(True))
+    # At the clean image both see the same x_c, hence the same logits.
+    np.testing.assert_allclose(fixed_logits, end_to_end_logits, rtol=1e-4, atol=1e-5)
+    assert fixed.shape == end_to_end.shape == images.shape
+    assert np.all(np.isfinite(fixed)) and np.all(np.isfinite(end_to_end))
+    assert np.any(fixed != 0) and np.any(end_to_end != 0)
+    # End to end, the gradient also flows through IC1/IC2, so it must differ from the fixed-features one.
+    assert not np.allclose(fixed, end_to_end)
+
+
+def test_baseline_has_no_decouplers():
+    model = fld.create_fld_model(model_config(use_decouplers=False, classifier="resnet18"), CLASSES, image_channels=3)
+    variables = synthetic_fld_variables(model, (SIZE, SIZE, 3))
+    abstract = jax.eval_shape(lambda key: fld.init_variables(model, key, (SIZE, SIZE, 3)), jax.random.key(0))
+    assert set(abstract["params"]) == set(abstract["batch_stats"]) == {"classifier"}
+    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 3))
+    decoupled, stats = fld.decouple(model, variables, images, train=True)
+    assert decoupled == fld.Decoupled(None, None, None, None) and stats == {}
+    x_c = fld.classifier_input(model, images, decoupled)
+    assert x_c.shape == (2, SIZE, SIZE, 3)
+    logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=True)
+    gradient = jax.jit(jax.grad(lambda x: jnp.sum(logits_fn(x)[:, 1])))(images)
+    assert np.all(np.isfinite(gradient)) and np.any(gradient != 0)
+
+
+def test_model_is_hashable_and_bad_config_raises():
+    first = fld.create_fld_model(model_config(), CLASSES, 1)
+    assert first == fld.create_fld_model(model_config(), CLASSES, 1)
+    assert hash(first) == hash(fld.create_fld_model(model_config(), CLASSES, 1))
+    with pytest.raises(ValueError, match="classifier='alexnet'"):
+        fld.create_fld_model(model_config(classifier="alexnet"), CLASSES, 1)
+    with pytest.raises(ValueError, match="preset='huge'"):
+        fld.create_fld_model(model_config(icfdnet_preset="huge"), CLASSES, 1)
+    with pytest.raises(ValueError, match="xyz"):
+        fld.create_fld_model(model_config(color_space="xyz"), CLASSES, 1)
+    with pytest.raises(ValueError, match="image_channels=2"):
+        fld.create_fld_model(model_config(), CLASSES, 2)
+    with pytest.raises(ValueError, match="image_shape"):
+        fld.init_variables(first, jax.random.key(0), (SIZE, SIZE, 3))
