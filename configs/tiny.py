@@ -1,0 +1,39 @@
+"""Tiny config for tests and smoke runs: 32 px, a few dozen synthetic images, tiny models, 2 epochs.
+
+  python launch/train.py --config=configs/tiny.py --workdir=/tmp/fld_tiny
+
+Everything not overridden here is configs/default.py (see the comments there).
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _default_config() -> ml_collections.ConfigDict:
+    # Loaded by path: config files are run by config_flags as scripts, not imported from a package.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
+    spec = importlib.util.spec_from_file_location("flax_fld_default_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = _default_config()
+    config.data.image_size = 32  # The smallest size every classifier accepts.
+    config.data.num_examples = 96  # 60/15/25 split: ~57 train, ~14 validation, ~25 test images.
+    config.model.icfdnet_preset = "tiny"  # Two-stage ICFDNet.
+    config.model.feature_channels = 2  # Two channels per decoupled feature map.
+    config.adv.num_steps = 2  # Enough to exercise the inner maximisation.
+    config.adv.eval_steps = 2  # Same for the PGD-CE evaluation.
+    config.optim.warmup_epochs = 0  # No warm-up: learning starts at the first step.
+    config.train.num_epochs = 2  # Two epochs: one calibration of epsilon/beta happens in between.
+    config.train.per_device_batch_size = 8  # Global batch 16 on the 2 forced test devices.
+    config.train.eval_batch_size = 8  # 16 per evaluation step: the test split needs a padded last batch.
+    config.train.log_every_steps = 1  # Every step is logged.
+    config.train.async_checkpointing = False  # Deterministic file system state for tests.
+    config.train.plot_every_epochs = 0  # Plots only at the end.
+    config.train.num_grid_examples = 4  # Rows of the decoupling grid.
+    return config

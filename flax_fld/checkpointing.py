@@ -1,0 +1,140 @@
+"""Checkpoints of a run with orbax: periodic (keep N) in WORKDIR/checkpoints, best-by-validation in
+WORKDIR/checkpoints_best.
+
+Every checkpoint has two items: ``state`` (the TrainState as a flax state dict of arrays: weights, optimizer,
+per-class epsilon/beta, counters, rng) and ``meta`` (JSON: the data iterator's position, the epoch, the best
+validation value so far, ...). Saving the iterator position next to the state is what makes a re-run of the
+same command continue with exactly the batches an uninterrupted run would have seen.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from flax_fld.train_state import TrainState
+
+PERIODIC_DIRNAME = "checkpoints"
+BEST_DIRNAME = "checkpoints_best"
+
+
+def _to_savable(state: TrainState) -> dict:
+    tree = flax.serialization.to_state_dict(state)
+    if jax.process_count() > 1:
+        # pmap outputs are host-local; orbax writes global arrays (as flax's imagenet example converts them).
+        tree = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, tree)
+    return tree
+
+
+class Checkpointer:
+    """The run's two orbax ``CheckpointManager``s behind a small interface.
+
+    Args:
+        workdir: run directory; checkpoints go to ``workdir/checkpoints`` and ``workdir/checkpoints_best``.
+        keep: periodic checkpoints kept (the newest ones).
+        async_save: write in a background thread; ``save`` returns once the arrays are copied to host memory,
+            so the caller may donate the state to the next step right away.
+    """
+
+    def __init__(self, workdir: str, *, keep: int, async_save: bool = True) -> None:
+        if keep < 1:
+            raise ValueError(f"config.train.keep_checkpoints={keep}; must be >= 1")
+
+        def manager(dirname: str, max_to_keep: int) -> ocp.CheckpointManager:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+            )
+            return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), dirname), options=options)
+
+        self.periodic = manager(PERIODIC_DIRNAME, keep)
+        self.best = manager(BEST_DIRNAME, 1)
+
+    def save(self, state: TrainState, meta: dict, *, best: bool = False) -> None:
+        """Saves ``state`` and JSON ``meta`` under step ``state.step`` (to the best slot if ``best``)."""
+        manager = self.best if best else self.periodic
+        step = int(jax.device_get(state.step))
+        # A private copy: the caller donates the state to the next step while the save may still be running.
+        tree = jax.tree.map(lambda array: array.copy(), _to_savable(state))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+        if step in manager.all_steps():
+            # A re-run after a crash between the two saves of an epoch writes the same step again.
+            manager.wait_until_finished()
+            manager.delete(step)
+        manager.save(step, args=args, force=True)
+
+    def latest_step(self, which: str = "latest") -> int | None:
+        """The newest step of the periodic (``latest``) or the ``best`` slot; None if empty."""
+        self.wait()
+        return self._manager(which).latest_step()
+
+    def restore(self, template: TrainState, which: str = "latest") -> tuple[TrainState, dict] | None:
+        """Restores the newest checkpoint of slot ``which`` into the structure of ``template``.
+
+        Returns ``(state, meta)`` or None when the slot is empty. Arrays come back with the shardings of
+        ``template`` (single device for a freshly created state).
+        """
+        step = self.latest_step(which)
+        if step is None:
+            return None
+        target = flax.serialization.to_state_dict(template)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        restored = self._manager(which).restore(step, args=args)
+        return flax.serialization.from_state_dict(template, restored["state"]), dict(restored["meta"])
+
+    def _manager(self, which: str) -> ocp.CheckpointManager:
+        if which not in ("latest", "best"):
+            raise ValueError(f"which={which!r}; expected 'latest' or 'best'")
+        return self.best if which == "best" else self.periodic
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self.periodic.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.periodic.close()
+        self.best.close()
+
+
+CONFIG_FILENAME = "config.json"
+DATASET_INFO_FILENAME = "dataset_info.json"
+
+
+def _write_json(path: str, payload: Any) -> None:
+    # Written to a temporary name and renamed, so a crash never leaves a half-written file behind.
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
+    """WORKDIR/config.json (the resolved config) and WORKDIR/dataset_info.json (classes, image shape, counts)."""
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, CONFIG_FILENAME) + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(config.to_json_best_effort(indent=2))
+    os.replace(os.path.join(workdir, CONFIG_FILENAME) + ".tmp", os.path.join(workdir, CONFIG_FILENAME))
+    _write_json(os.path.join(workdir, DATASET_INFO_FILENAME), dataclasses.asdict(info))
+
+
+def read_run_files(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """``(config, dataset_info dict)`` written by ``write_run_files``; ValueError if the run has none."""
+    path = os.path.join(workdir, CONFIG_FILENAME)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist: is {workdir!r} a training workdir?")
+    with open(path, encoding="utf-8") as handle:
+        config = ml_collections.ConfigDict(json.load(handle))
+    # JSON has no tuples; the class names are a tuple everywhere else.
+    config.data.class_names = tuple(config.data.class_names)
+    info_path = os.path.join(workdir, DATASET_INFO_FILENAME)
+    info = {}
+    if os.path.exists(info_path):
+        with open(info_path, encoding="utf-8") as handle:
+            info = json.load(handle)
+    return config, info

@@ -1,0 +1,479 @@
+"""Algorithm 1 end to end: feature decoupling + accuracy-based adaptive adversarial training.
+
+Small top-level pure functions in the style of flax's examples/imagenet:
+
+- ``create_learning_rate_fn`` / ``create_optimizer`` / ``create_train_state``;
+- ``train_step``: one minibatch of Algorithm 1 on one device (``axis_name="batch"``), pmapped over devices;
+- ``end_epoch``: Eqs. 1 and 2 from the epoch's per-class adversarial accuracy, counters reset;
+- ``train_and_evaluate``: the epoch loop with logging, validation and checkpoints, then the test report;
+- ``load_for_inference``: a trained model back from WORKDIR for eval/predict.
+
+How the state reaches the devices: like flax's current examples/imagenet/train.py, the unreplicated state is
+passed to ``jax.pmap(..., in_axes=(None, 0), out_axes=(None, ...))``; pmap broadcasts it and, since the step
+averages gradients and BatchNorm statistics (``lax.pmean``) and sums the counters (``lax.psum``), every device
+ends with the same state, which comes back as one fully replicated array per leaf. So there is no
+``jax_utils.replicate``/``unreplicate`` (or ``device_put_replicated``) bookkeeping, the checkpoint sees one copy,
+and batch statistics are in sync at every step, not only before evaluation. The state is donated.
+"""
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+
+from flax_fld import attack, calibration, checkpointing, evaluate, input_pipeline, losses, metric_writers, plots
+from flax_fld import weight_averaging
+from flax_fld.models import fld
+from flax_fld.train_state import TrainState, current_learning_rate
+
+AXIS_NAME = "batch"
+
+
+def create_learning_rate_fn(
+    optim_config: ml_collections.ConfigDict, num_epochs: int, steps_per_epoch: int
+) -> optax.Schedule:
+    """Linear warm-up for ``optim.warmup_epochs`` then cosine decay to 0 (or constant) at step granularity."""
+    total_steps = max(int(num_epochs * steps_per_epoch), 1)
+    warmup_steps = min(int(optim_config.warmup_epochs * steps_per_epoch), total_steps - 1)
+    peak = float(optim_config.learning_rate)
+    if optim_config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, total_steps, end_value=0.0)
+    if optim_config.schedule == "constant":
+        warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
+        return optax.join_schedules([warmup, optax.constant_schedule(peak)], [warmup_steps])
+    raise ValueError(f"config.optim.schedule={optim_config.schedule!r}; expected 'cosine' or 'constant'")
+
+
+def _decay_mask(params: Any) -> Any:
+    # Kernels only: decaying biases and normalisation scales only hurts (standard practice since AdamW).
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(optim_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+    """``adamw`` or ``sgd`` (momentum, L2 via decayed weights) with optional global-norm clipping.
+
+    The learning rate is injected (``optax.inject_hyperparams``) so the step can report the value it used.
+    """
+    weight_decay = float(optim_config.weight_decay)
+    if optim_config.name == "adamw":
+        tx = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=learning_rate_fn, weight_decay=weight_decay, mask=_decay_mask
+        )
+    elif optim_config.name == "sgd":
+        def sgd_with_decay(learning_rate):
+            return optax.chain(
+                optax.add_decayed_weights(weight_decay, mask=_decay_mask),
+                optax.sgd(learning_rate, momentum=float(optim_config.momentum)),
+            )
+
+        tx = optax.inject_hyperparams(sgd_with_decay)(learning_rate=learning_rate_fn)
+    else:
+        raise ValueError(f"config.optim.name={optim_config.name!r}; expected 'adamw' or 'sgd'")
+    if optim_config.grad_clip_norm and optim_config.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(optim_config.grad_clip_norm)), tx)
+    return tx
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_optimizer(
+    optim_config: ml_collections.FrozenConfigDict, num_epochs: int, steps_per_epoch: int
+) -> optax.GradientTransformation:
+    # The optimizer is a static field of the state, hence part of its tree structure: one object per setting
+    # lets the jit/pmap caches hit when a process builds several states (resume, tests, ablations).
+    return create_optimizer(optim_config, create_learning_rate_fn(optim_config, num_epochs, steps_per_epoch))
+
+
+def uniform_class_values(adv_config: ml_collections.ConfigDict, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """Algorithm 1's initialisation ``epsilon_i = epsilon``, ``beta_i = beta / (1 + beta)`` (``[K]`` each).
+
+    ``beta / (1 + beta)`` is Eq. 2 at ``mu + Acc_i = 1``: Eq. 3 mixes the clean and robust terms convexly, so
+    the TRADES strength (6) is mapped into [0, 1) before use, calibrated or not.
+    """
+    epsilon = jnp.full((num_classes,), adv_config.epsilon, jnp.float32)
+    beta = float(adv_config.beta)
+    return epsilon, jnp.full((num_classes,), beta / (1.0 + beta), jnp.float32)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: fld.FLDModel,
+    image_shape: tuple[int, int, int],
+    rng: jax.Array,
+    steps_per_epoch: int,
+) -> TrainState:
+    """A fresh, unreplicated TrainState: initialised IC1/IC2/classifier, optimizer, uniform epsilon/beta."""
+    mode = weight_averaging.check_mode(config.train.weight_averaging)
+    if config.adv.calibration not in ("adaptive", "fixed"):
+        raise ValueError(f"config.adv.calibration={config.adv.calibration!r}; expected 'adaptive' or 'fixed'")
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    init_key, state_key = jax.random.split(rng)
+    variables = fld.init_variables(model, init_key, tuple(image_shape))
+    epsilon, beta = uniform_class_values(config.adv, model.num_classes)
+    # The previous accuracy a class keeps until it is first seen; 1 - sigma makes Eq. 1 give epsilon itself.
+    class_acc = jnp.full((model.num_classes,), 1.0 - float(config.adv.sigma), jnp.float32)
+    return TrainState.create(
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=_shared_optimizer(
+            ml_collections.FrozenConfigDict(config.optim), int(config.train.num_epochs), int(steps_per_epoch)
+        ),
+        class_epsilon=epsilon,
+        class_beta=beta,
+        class_acc=class_acc,
+        rng=state_key,
+        average=mode != "none",
+        average_enabled=mode == "ema",
+    )
+
+
+def _merge_stats(old: dict, *updates: dict) -> dict:
+    merged = dict(old)
+    for update in updates:
+        merged.update(update)
+    return merged
+
+
+def train_step(
+    state: TrainState, batch: dict, *, model: fld.FLDModel, config: ml_collections.ConfigDict
+) -> tuple[TrainState, dict]:
+    """One minibatch of Algorithm 1 on one device; call under ``pmap(axis_name="batch")``.
+
+    1. Decouple ``x`` with IC1/IC2 (train mode) and build ``x_c = cat(Feat1, Feat2, Y_c(x))``.
+    2. Inner max of Eq. 3 (``attack.trades_pgd``, eval mode as in TRADES) with each example's radius
+       ``class_epsilon[y]`` (Eq. 1) and step size scaled by ``class_epsilon[y] / epsilon``; the decoupled
+       features are held fixed (Fig. 2) unless ``adv.through_decouplers``.
+    3. Eq. 4: ``L = l1 Lc + l2 Ls + l3 Lat`` with Lat of Eq. 3 using ``beta_y = class_beta[y]``
+       (plain cross-entropy on the clean logits when ``adv.enabled`` is False).
+    4. Gradients and BatchNorm statistics averaged over devices, optax update, per-class adversarial hits
+       summed over devices into the epoch counters.
+
+    Args:
+        state: the replicated TrainState.
+        batch: ``{'image': float32 [B,H,W,C] in [0,1], 'label': int32 [B]}`` (this device's share).
+        model: static FLD model. config: the run's config (``adv``, ``loss``, ``train``).
+
+    Returns:
+        ``(state, metrics)``; metrics are device-averaged scalars: loss, lc, ls, lat, clean_acc, adv_acc
+        (accuracy on x'; on x when adversarial training is off), grad_norm, learning_rate.
+    """
+    adv, weights = config.adv, (config.loss.l1, config.loss.l2, config.loss.l3)
+    images, labels = batch["image"], batch["label"]
+    key, next_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    # Same next_key on every device (the state stays replicated); distinct randomness per device below.
+    key = jax.random.fold_in(key, lax.axis_index(AXIS_NAME))
+    attack_key, dropout_clean, dropout_adv = jax.random.split(key, 3)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        decoupled, decoupler_stats = fld.decouple(model, variables, images, train=True)
+        x_c = fld.classifier_input(model, images, decoupled)
+        lc = jnp.float32(0.0)
+        if decoupled.x_hat is not None:
+            lc = losses.reconstruction_loss(images, decoupled.x_hat, config.loss.charbonnier_xi)
+        ls = jnp.float32(0.0)
+        if decoupled.class_logits is not None:
+            ls = losses.decoupling_bce(decoupled.class_logits, labels)
+        # The classifier sees the IC statistics of this batch in its own variables dict.
+        variables = {"params": params, "batch_stats": _merge_stats(state.batch_stats, decoupler_stats)}
+        logits_clean, classifier_stats = fld.classify(model, variables, x_c, train=True, dropout_rng=dropout_clean)
+        if adv.enabled:
+            # stop_gradient on every input of the attack: it is data for the outer minimisation, and symbolic
+            # zero tangents keep autodiff from differentiating through the PGD loop.
+            frozen = jax.lax.stop_gradient({"params": params, "batch_stats": state.batch_stats})
+            logits_fn = fld.attack_logits_fn(
+                model, frozen, jax.lax.stop_gradient(decoupled), end_to_end=bool(adv.through_decouplers)
+            )
+            epsilon = state.class_epsilon[labels]
+            x_adv = attack.trades_pgd(
+                logits_fn, images, epsilon, step_size=adv.step_size * epsilon / adv.epsilon,
+                num_steps=int(adv.num_steps), key=attack_key,
+            )
+            if adv.through_decouplers:
+                decoupled_adv, _ = fld.decouple(model, variables, x_adv, train=True)
+            else:
+                decoupled_adv = decoupled
+            x_adv_c = fld.classifier_input(model, x_adv, decoupled_adv)
+            # Both passes update the running statistics, as TRADES' two train-mode forwards do.
+            variables = {"params": params, "batch_stats": _merge_stats(variables["batch_stats"], classifier_stats)}
+            logits_adv, classifier_stats = fld.classify(
+                model, variables, x_adv_c, train=True, dropout_rng=dropout_adv
+            )
+            lat, _ = losses.adaptive_trades_loss(logits_clean, logits_adv, labels, state.class_beta)
+        else:
+            logits_adv = logits_clean
+            lat = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_clean, labels))
+        loss = losses.total_loss(lc, ls, lat, weights)
+        new_stats = _merge_stats(state.batch_stats, decoupler_stats, classifier_stats)
+        return loss, (new_stats, logits_clean, logits_adv, lc, ls, lat)
+
+    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
+    new_stats, logits_clean, logits_adv, lc, ls, lat = aux
+    grads = lax.pmean(grads, AXIS_NAME)
+    new_stats = lax.pmean(new_stats, AXIS_NAME)
+
+    adv_hits = (jnp.argmax(logits_adv, -1) == labels).astype(jnp.int32)
+    num_classes = model.num_classes
+    correct = lax.psum(jnp.zeros((num_classes,), jnp.int32).at[labels].add(adv_hits), AXIS_NAME)
+    seen = lax.psum(jnp.zeros((num_classes,), jnp.int32).at[labels].add(1), AXIS_NAME)
+
+    state = state.apply_gradients(
+        grads,
+        batch_stats=new_stats,
+        adv_correct=state.adv_correct + correct,
+        adv_seen=state.adv_seen + seen,
+        rng=jax.random.key_data(next_key),
+    )
+    if state.averaged_params is not None:
+        averaged, count = weight_averaging.maybe_update(
+            state.averaged_params, state.params, state.average_count, state.average_enabled,
+            float(config.train.ema_decay),
+        )
+        state = state.replace(averaged_params=averaged, average_count=count)
+
+    metrics = {
+        "loss": losses.total_loss(lc, ls, lat, weights),
+        "lc": lc,
+        "ls": ls,
+        "lat": lat,
+        "clean_acc": jnp.mean(jnp.argmax(logits_clean, -1) == labels),
+        "adv_acc": jnp.mean(adv_hits),
+    }
+    metrics = lax.pmean(metrics, AXIS_NAME)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["learning_rate"] = current_learning_rate(state.opt_state)
+    return state, metrics
+
+
+def end_epoch(state: TrainState, adv_config: ml_collections.ConfigDict) -> TrainState:
+    """Algorithm 1's epoch end: ``Acc_i`` from the counters, then Eq. 1 and Eq. 2; counters reset.
+
+    ``Acc_i = adv_correct_i / adv_seen_i`` (a class unseen this epoch keeps its previous value). With
+    ``adv.calibration == "adaptive"`` and at least ``adv.warmup_epochs`` epochs completed:
+    ``epsilon_i = (sigma + Acc_i) epsilon`` (Eq. 1) and ``beta_i = (mu + Acc_i) beta / (1 + (mu + Acc_i) beta)``
+    (Eq. 2); otherwise (``fixed``, plain TRADES, or during the warm-up) ``epsilon`` and ``beta / (1 + beta)``.
+    Pure; jit it with the config closed over.
+
+    Args:
+        state: TrainState with this epoch's counters (``[K]`` int32).
+        adv_config: ``config.adv``.
+
+    Returns:
+        The state for the next epoch (``epoch`` + 1, ``class_acc`` = this epoch's ``Acc_i``).
+    """
+    acc = calibration.class_accuracy(state.adv_correct, state.adv_seen, state.class_acc)
+    epoch = state.epoch + 1
+    uniform_epsilon, uniform_beta = uniform_class_values(adv_config, acc.shape[0])
+    if adv_config.calibration == "adaptive":
+        calibrate = epoch >= int(adv_config.warmup_epochs)
+        epsilon = jnp.where(calibrate, calibration.class_epsilon(acc, adv_config.epsilon, adv_config.sigma), uniform_epsilon)
+        beta = jnp.where(calibrate, calibration.class_beta(acc, adv_config.beta, adv_config.mu), uniform_beta)
+    else:
+        epsilon, beta = uniform_epsilon, uniform_beta
+    zeros = jnp.zeros_like(state.adv_correct)
+    return state.replace(
+        epoch=epoch, class_acc=acc, class_epsilon=epsilon, class_beta=beta, adv_correct=zeros, adv_seen=zeros
+    )
+
+
+def replicate(tree: Any) -> Any:
+    """Places ``tree`` fully replicated on the local devices, the layout ``parallel_train_step`` returns.
+
+    Starting from that layout (rather than a single-device state that pmap would broadcast) means the first
+    and every later step see the same input sharding, so the step compiles once instead of twice.
+    """
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS_NAME,))
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+@functools.lru_cache(maxsize=8)
+def parallel_train_step(model: fld.FLDModel, config: ml_collections.FrozenConfigDict):
+    """``train_step`` pmapped over the local devices, state broadcast in and donated (see module docstring).
+
+    Cached per (model, frozen config) so repeated runs in one process (tests, ablations) compile once.
+    """
+    step = functools.partial(train_step, model=model, config=config)
+    return jax.pmap(step, axis_name=AXIS_NAME, in_axes=(None, 0), out_axes=(None, None), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_end_epoch(adv_config: ml_collections.FrozenConfigDict):
+    """``end_epoch`` jitted with ``adv_config`` closed over (its floats become constants)."""
+    return jax.jit(functools.partial(end_epoch, adv_config=adv_config), donate_argnums=(0,))
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """``config.data.data_dir``, or ``tfds_data`` next to the workdir so that runs share one prepared set."""
+    if config.data.data_dir:
+        return config.data.data_dir
+    return os.path.join(os.path.dirname(os.path.abspath(workdir)), "tfds_data")
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+    """Host-side mean of per-step metric dicts (one device_get for the whole window)."""
+    history = jax.device_get(history)
+    return {key: float(np.mean([entry[key] for entry in history])) for key in history[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains with Algorithm 1 (resuming from WORKDIR/checkpoints if any), then evaluates the test split.
+
+    Writes WORKDIR/{config.json, dataset_info.json, metrics.jsonl, tensorboard/, checkpoints/,
+    checkpoints_best/, eval.json, plots/} and prints progress and the paper-style table.
+    Returns the eval.json content (test split, best checkpoint).
+    """
+    needs_robust = config.train.weight_averaging == "fawa" or str(config.train.best_metric).startswith("robust_")
+    if needs_robust and not config.train.validate_robust:
+        raise ValueError(
+            f"config.train.weight_averaging={config.train.weight_averaging!r} / best_metric="
+            f"{config.train.best_metric!r} need robust validation: set config.train.validate_robust=True"
+        )
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    data_dir = resolve_data_dir(config, workdir)
+    info = input_pipeline.prepare_dataset(config.data, data_dir)
+    model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
+    train_iter = input_pipeline.TrainIterator(
+        config.data, data_dir, per_device_batch_size=int(config.train.per_device_batch_size),
+        local_device_count=jax.local_device_count(), seed=int(config.seed),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    steps_per_epoch, num_epochs = train_iter.steps_per_epoch, int(config.train.num_epochs)
+    total_steps = steps_per_epoch * num_epochs
+    state = create_train_state(config, model, info.image_shape, jax.random.key(int(config.seed)), steps_per_epoch)
+    state = replicate(state)
+    checkpointing.write_run_files(workdir, config, info)
+    checkpointer = checkpointing.Checkpointer(
+        workdir, keep=int(config.train.keep_checkpoints), async_save=bool(config.train.async_checkpointing)
+    )
+    meta = {"best_value": None, "best_epoch": None}
+    restored = checkpointer.restore(state, "latest")
+    if restored is not None:
+        state, meta = restored
+        train_iter.set_state(meta["iterator"])
+        print(f"resuming {workdir} from step {int(state.step)} (epoch {int(state.epoch)})", flush=True)
+
+    frozen_config = ml_collections.FrozenConfigDict(config)
+    p_train_step = parallel_train_step(model, frozen_config)
+    p_end_epoch = jitted_end_epoch(frozen_config.adv)
+    # One writer for the whole run (process 0); the other hosts only compute.
+    writer = metric_writers.MetricWriter(workdir, class_names=info.class_names) if is_main else None
+    log_every = max(int(config.train.log_every_steps), 1)
+    plot_every = int(config.train.plot_every_epochs)
+    step = int(state.step)
+    progress = metric_writers.Progress(total_steps, initial_step=step, every_steps=log_every,
+                                       print_fn=print if is_main else None)
+    if step < total_steps:
+        print(f"training {evaluate.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
+              f"global batch {config.train.per_device_batch_size * jax.device_count()}; "
+              "the first step compiles", flush=True)
+    try:
+        for epoch in range(int(state.epoch), num_epochs):
+            window, epoch_history = [], []
+            epsilon_used, beta_used = jax.device_get((state.class_epsilon, state.class_beta))
+            for _ in range(steps_per_epoch):
+                state, step_metrics = p_train_step(state, next(train_iter))
+                step += 1
+                window.append(step_metrics)
+                if step % log_every == 0 or step % steps_per_epoch == 0:
+                    summary = _mean_metrics(window)
+                    # Before any checkpoint of this epoch: a diverged state is never saved.
+                    metric_writers.check_finite(summary, step)
+                    if is_main:
+                        writer.write("train", step, {"epoch": epoch + 1, **summary})
+                    progress.update(step, {"epoch": epoch + 1, "loss": summary["loss"],
+                                           "clean_acc": summary["clean_acc"], "adv_acc": summary["adv_acc"]})
+                    epoch_history.extend(window)
+                    window = []
+            state = p_end_epoch(state)
+            validation = evaluate.evaluate_split(
+                model, {"params": state.params, "batch_stats": state.batch_stats}, config, data_dir,
+                split="validation", robust=bool(config.train.validate_robust),
+            )
+            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in _mean_metrics(epoch_history).items()}}
+            record.update(class_epsilon=epsilon_used, class_beta=beta_used,
+                          train_adv_class_acc=jax.device_get(state.class_acc), **evaluate.validation_record(validation))
+            if config.train.weight_averaging == "fawa" and "val_robust_class_acc" in record:
+                gate = weight_averaging.fawa_gate(record["val_robust_class_acc"], float(config.train.fawa_threshold))
+                # Replicated like the rest of the state, so the step does not recompile for a new layout.
+                state = state.replace(average_enabled=replicate(jnp.asarray(gate)))
+                record["fawa_averaging"] = int(gate)
+            value = evaluate.selection_value(validation, str(config.train.best_metric))
+            is_best = meta["best_value"] is None or value > meta["best_value"]
+            if is_best:
+                meta = {"best_value": value, "best_epoch": epoch + 1}
+            record.update(best_metric_value=value, best_epoch=meta["best_epoch"])
+            if is_main:
+                writer.write("epoch", step, record)
+            meta = dict(meta, iterator=train_iter.get_state(), epoch=epoch + 1)
+            if is_best:
+                checkpointer.save(state, meta, best=True)
+            if (epoch + 1) % int(config.train.checkpoint_every_epochs) == 0 or epoch + 1 == num_epochs:
+                checkpointer.save(state, meta)
+            print(f"epoch {epoch + 1}/{num_epochs}: validation average {validation['average']:.2f}% "
+                  f"worst class {record['val_worst_class']:.2f}%"
+                  + (f" robust {record['val_robust_average']:.2f}%" if "val_robust_average" in record else "")
+                  + (" (best so far)" if is_best else ""), flush=True)
+            if is_main and plot_every > 0 and (epoch + 1) % plot_every == 0:
+                plots.plot_class_curves(metric_writers.read_metrics(workdir), info.class_names,
+                                        os.path.join(workdir, "plots"))
+        checkpointer.wait()
+        best = checkpointer.restore(state, "best")
+        which = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
+        final_state = best[0] if best else state
+        variables = final_state.inference_variables()
+        report = evaluate.evaluate_split(model, variables, config, data_dir, split="test", robust=True)
+        report["checkpoint"] = which
+        report["method"] = evaluate.method_name(config)
+        if is_main:
+            writer.write("eval", step, {"epoch": num_epochs, "test_average": report["average"],
+                                        "test_best_worst": report["best_worst"],
+                                        "test_balanced_accuracy": report["balanced_accuracy"]})
+            table = evaluate.write_report(workdir, report, config)
+            plots_dir = os.path.join(workdir, "plots")
+            plots.plot_class_curves(metric_writers.read_metrics(workdir), info.class_names, plots_dir)
+            evaluate.plot_decoupling_examples(model, variables, config, data_dir,
+                                              os.path.join(plots_dir, "decoupling_grid.png"))
+            print(f"\ntest split, {which}:\n{table}", flush=True)
+        return report
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+
+
+def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, fld.FLDModel, dict, Any]:
+    """``(config, model, variables, info)`` of a trained run; ``which`` is ``best`` or ``latest``.
+
+    Falls back to the latest checkpoint when there is no best one. ``variables`` (``{'params',
+    'batch_stats'}`` for ``fld.forward``) are the averaged weights when EMA/FAWA averaged any.
+    """
+    config, info_dict = checkpointing.read_run_files(workdir)
+    if info_dict:
+        info = input_pipeline.DatasetInfo(
+            class_names=tuple(info_dict["class_names"]), image_shape=tuple(info_dict["image_shape"]),
+            num_examples=dict(info_dict["num_examples"]),
+            class_counts={split: tuple(counts) for split, counts in info_dict["class_counts"].items()},
+        )
+    else:
+        info = input_pipeline.prepare_dataset(config.data, resolve_data_dir(config, workdir))
+    model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
+    template = create_train_state(config, model, info.image_shape, jax.random.key(0), steps_per_epoch=1)
+    checkpointer = checkpointing.Checkpointer(workdir, keep=1, async_save=False)
+    try:
+        restored = checkpointer.restore(template, which)
+        if restored is None and which == "best":
+            restored = checkpointer.restore(template, "latest")
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise ValueError(f"no checkpoint in {os.path.join(workdir, checkpointing.PERIODIC_DIRNAME)}")
+    return config, model, restored[0].inference_variables(), info

@@ -1,0 +1,38 @@
+"""Evaluate a trained run: ``python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test]``.
+
+Loads the checkpoint, evaluates clean and PGD-CE robust per-class accuracy over every example of the split,
+writes DIR/eval.json (and DIR/plots/confusion_matrix.png) and prints the paper-style table.
+"""
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch/train.py.")
+_WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint slot (best falls back to latest).")
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Orbax and TFDS log every file operation at INFO; the progress lines are what a user wants to see.
+    logging.set_verbosity(logging.WARNING)
+    from flax_fld import evaluate, train
+
+    try:
+        config, model, variables, _ = train.load_for_inference(_WORKDIR.value, which=_WHICH.value)
+        data_dir = train.resolve_data_dir(config, _WORKDIR.value)
+        report = evaluate.evaluate_split(model, variables, config, data_dir, split=_SPLIT.value, robust=True)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    report["checkpoint"] = f"{_WHICH.value} checkpoint"
+    report["method"] = evaluate.method_name(config)
+    table = evaluate.write_report(_WORKDIR.value, report, config)
+    print(f"{_SPLIT.value} split, {_WHICH.value} checkpoint:\n{table}")
+
+
+if __name__ == "__main__":
+    app.run(main)
