@@ -1,0 +1,119 @@
+"""Tests for launch/ablation.py: run variants, resumability and the Table 2 mean ± std layout.
+
+Training is replaced by a fake ``train_fn`` that writes an eval.json whose numbers depend on the run's
+config, so the table arithmetic can be checked by hand; the real training path is covered by train's tests.
+"""
+
+import importlib.util
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from flax_fld import metrics
+
+_SPEC = importlib.util.spec_from_file_location(
+    "ablation_launcher", os.path.join(os.path.dirname(__file__), "..", "launch", "ablation.py"))
+ablation = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(ablation)
+
+CLASS_NAMES = ("normal", "mild", "moderate", "severe")
+
+
+def _config(seeds=(0, 1), rows=("baseline", "icfdnet", "icfdnet_at")):
+    config = ml_collections.ConfigDict()
+    config.seed = 123
+    config.data = ml_collections.ConfigDict({"data_dir": "", "class_names": CLASS_NAMES})
+    config.model = ml_collections.ConfigDict({"classifier": "resnet18", "use_decouplers": True})
+    config.adv = ml_collections.ConfigDict({"enabled": True})
+    config.ablation = ml_collections.ConfigDict(
+        {"backbones": ("squeezenet1_1", "resnet18"), "seeds": seeds, "rows": rows})
+    return config
+
+
+def _fake_train(calls):
+    """A train_fn whose per-class correct counts depend on (decouplers, adv, seed); writes eval.json."""
+
+    def train_fn(config, workdir):
+        calls.append((config.model.classifier, config.model.use_decouplers, config.adv.enabled, config.seed,
+                      config.data.data_dir, "ablation" in config))
+        bonus = 5 * int(config.model.use_decouplers) + 5 * int(config.adv.enabled) + config.seed
+        confusion = np.diag([40 + bonus, 30 + bonus, 20 + bonus, 50]) + 10 - np.diag([10] * 4)
+        report = metrics.class_report(confusion, CLASS_NAMES)
+        report["robust"] = {"pgd_ce": metrics.class_report(np.eye(4, dtype=int) * 10 + 1, CLASS_NAMES)}
+        report["class_names"] = list(CLASS_NAMES)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "eval.json"), "w") as handle:
+            json.dump(report, handle)
+        return report
+
+    return train_fn
+
+
+def test_rows_switch_decouplers_and_attack_and_share_one_data_dir(tmp_path):
+    calls = []
+    ablation.run_ablation(_config(), str(tmp_path), train_fn=_fake_train(calls), log=lambda _: None)
+    assert len(calls) == 2 * 3 * 2
+    data_dirs = {call[4] for call in calls}
+    assert data_dirs == {os.path.join(str(tmp_path), "tfds_data")}
+    assert not any(call[5] for call in calls)  # the ablation section is not passed to training
+    squeeze = [call[:4] for call in calls if call[0] == "squeezenet1_1"]
+    assert squeeze == [("squeezenet1_1", False, False, 0), ("squeezenet1_1", False, False, 1),
+                       ("squeezenet1_1", True, False, 0), ("squeezenet1_1", True, False, 1),
+                       ("squeezenet1_1", True, True, 0), ("squeezenet1_1", True, True, 1)]
+
+
+def test_table_has_mean_and_std_per_cell_and_resumes_without_retraining(tmp_path):
+    calls = []
+    results = ablation.run_ablation(_config(), str(tmp_path), train_fn=_fake_train(calls), log=lambda _: None)
+    markdown = (tmp_path / "ablation.md").read_text()
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    # Paper column order, whatever the label order.
+    assert lines[0].startswith("| Method | Mild% | Moderate% | Severe% | Normal% | Average% | Best-Worst%")
+    full = next(line for line in lines if line.startswith("| SqueezeNet+ICFDNet+AT |"))
+    # The mild cell is the mean ± sample std of the two seeds' reports.
+    mild = [r["per_class_accuracy"]["mild"] for r in
+            (json.load(open(tmp_path / "squeezenet1_1" / "icfdnet_at" / f"seed_{s}" / "eval.json"))
+             for s in (0, 1))]
+    assert f"| {np.mean(mild):.2f} ± {np.std(mild, ddof=1):.2f} |" in full
+    assert "↑" in full and "**" in full  # best of its group, above its baseline
+    baseline = next(line for line in lines if line.startswith("| SqueezeNet |"))
+    assert "↑" not in baseline and "↓" not in baseline
+    assert len(lines) == 2 + 2 * 3
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["method"] for r in saved["results"]] == [r["method"] for r in results]
+    assert saved["results"][0]["summary"]["average"]["n"] == 2
+
+    # A second invocation reuses every eval.json and trains nothing.
+    again = []
+    ablation.run_ablation(_config(), str(tmp_path), train_fn=_fake_train(again), log=lambda _: None)
+    assert again == []
+    assert (tmp_path / "ablation.md").read_text().split("Each cell")[1] == markdown.split("Each cell")[1]
+
+
+def test_aggregate_uses_sample_std_and_single_seed_prints_plain_mean():
+    reports = [metrics.class_report(np.diag([n, 10, 10, 10]) + 0, CLASS_NAMES) for n in (10, 10)]
+    summary = ablation.aggregate_reports(reports)
+    assert summary["average"] == {"mean": 100.0, "std": 0.0, "n": 2}
+    one = ablation.aggregate_reports(reports[:1])
+    assert ablation._cell(one["average"]) == "100.00"
+    assert ablation._cell({"mean": 76.5, "std": 1.234, "n": 3}) == "76.50 ± 1.23"
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"backbones": (), "seeds": 1}, "backbones is empty"),
+    ({"backbones": ("resnet18",), "seeds": ()}, "seeds is empty"),
+    ({"backbones": ("resnet18",), "seeds": 1, "rows": ("baseline", "at_only")}, r"unknown rows \['at_only'\]"),
+])
+def test_bad_ablation_section_is_refused_with_the_key(section, message):
+    config = _config()
+    config.ablation = ml_collections.ConfigDict(section)
+    with pytest.raises(ValueError, match=message):
+        ablation.ablation_settings(config)
+
+
+def test_integer_seed_count_means_range():
+    config = _config(seeds=3)
+    assert ablation.ablation_settings(config)[1] == (0, 1, 2)
