@@ -20,7 +20,7 @@ demo: setup
 	$(PY) launch/train.py --config=configs/default.py --workdir=$(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 benchmark: setup
 	$(PY) launch/benchmark.py

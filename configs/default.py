@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.grad_clip_norm = 5.0  # Global-norm clipping; 0 disables.
 
     config.train = train = ml_collections.ConfigDict()
-    train.num_epochs = 8  # Passes over the training split (~35 s each on a 2-core CPU).
+    train.num_epochs = 10  # Passes over the training split (~35 s each on a 2-core CPU).
     train.per_device_batch_size = 32  # Batch per device; global batch = this x device count.
     train.eval_batch_size = 64  # Per-device batch for evaluation.
     train.log_every_steps = 10  # Console/TensorBoard logging period.
@@ -80,8 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the CPU demo, where it would double the run time (the final test report is always robust too).
     train.validate_robust = False
     # Which validation figure picks WORKDIR/checkpoints_best: average | balanced_accuracy | worst_class
-    # (clean, the paper's balance goal) | robust_average | robust_worst_class.
-    train.best_metric = "worst_class"
+    # (clean, the paper's balance goal) | robust_average | robust_worst_class. balanced_accuracy for the short
+    # demo: worst_class picks an early epoch in which one class happens to be non-zero over a better model.
+    train.best_metric = "balanced_accuracy"
     train.async_checkpointing = True  # Write checkpoints in a background thread while training continues.
     train.plot_every_epochs = 1  # Redraw WORKDIR/plots/class_*.png every N epochs (0: only at the end).
     train.num_grid_examples = 8  # Test images shown in WORKDIR/plots/decoupling_grid.png.

@@ -11,6 +11,8 @@ Measured in one process so the ratios compare like with like:
 
 Each time is the median over --repeats calls after --warmup untimed calls (the first of which compiles), with
 ``jax.block_until_ready`` on the outputs. The first call's time (compile + run) is reported separately.
+XLA compilation dominates the wall clock: the full default run took about 45 minutes on a busy 2-core CPU
+(BENCHMARKS.md); --classifiers and --attack_modes narrow it (one classifier, one mode: a few minutes).
 """
 
 from __future__ import annotations
@@ -99,10 +101,7 @@ def initial_state(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     model = fld.create_fld_model(config.model, len(config.data.class_names), channels)
     state = train.create_train_state(config, model, (size, size, channels), jax.random.key(config.seed),
                                      steps_per_epoch=100)
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train.AXIS_NAME,))
-    state = jax.device_put(jax.tree.map(jax.numpy.asarray, state),
-                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    return model, state
+    return model, train.replicate(jax.tree.map(jax.numpy.asarray, state))
 
 
 def benchmark_train_step(config: ml_collections.ConfigDict, model: Any, state: Any, *, warmup: int,
