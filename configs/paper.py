@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.feature_channels = 8  # Decoupled channels per feature map (not stated in the paper).
     config.model.vit_preset = "deit_tiny"  # For --config.model.classifier=vit.
     config.adv.num_steps = 10  # TRADES' 10 inner steps.
+    config.adv.beta = 6.0  # TRADES' default regularization strength.
     config.adv.eval_steps = 20  # PGD-20, the standard robust evaluation (TRADES, CFA).
     config.adv.eval_step_size = 2 / 255  # PGD-20 step (TRADES/CFA).
     config.optim.name = "sgd"  # TRADES/CFA train with momentum SGD.
