@@ -6,23 +6,13 @@ Each run is configs/default.py with the row's switches (see launch/ablation.py);
 start from configs/paper.py values via --config.* overrides.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _default_config() -> ml_collections.ConfigDict:
-    # Loaded by path: config files are run by config_flags as scripts, not imported from a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-    spec = importlib.util.spec_from_file_location("flax_fld_default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from flax_fld.config_files import load_sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _default_config()
+    config = load_sibling_config(__file__)
     config.ablation = ablation = ml_collections.ConfigDict()
     # The four CNN backbones of Table 2 (ViT appears in Table 1 only).
     ablation.backbones = ("resnet18", "cbam_resnet18", "se_resnet18", "squeezenet1_1")

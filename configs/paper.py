@@ -7,23 +7,13 @@ The paper gives no optimizer, batch or epoch numbers; the values here are the TR
 a ~1000-image medical set (noted per key). Everything not overridden is configs/default.py.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _default_config() -> ml_collections.ConfigDict:
-    # Loaded by path: config files are run by config_flags as scripts, not imported from a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-    spec = importlib.util.spec_from_file_location("flax_fld_default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from flax_fld.config_files import load_sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _default_config()
+    config = load_sibling_config(__file__)
     config.data.image_size = 224  # ImageNet-style input size of the paper's backbones.
     config.data.channels = 3  # Ultrasound screenshots are stored as RGB.
     config.model.icfdnet_preset = "paper"  # Four-stage ICFDNet with 14x14-token attention bottlenecks.

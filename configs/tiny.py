@@ -5,23 +5,13 @@
 Everything not overridden here is configs/default.py (see the comments there).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _default_config() -> ml_collections.ConfigDict:
-    # Loaded by path: config files are run by config_flags as scripts, not imported from a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-    spec = importlib.util.spec_from_file_location("flax_fld_default_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from flax_fld.config_files import load_sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _default_config()
+    config = load_sibling_config(__file__)
     config.data.image_size = 32  # The smallest size every classifier accepts.
     config.data.num_examples = 96  # 60/15/25 split: ~57 train, ~14 validation, ~25 test images.
     config.model.icfdnet_preset = "tiny"  # Two-stage ICFDNet.

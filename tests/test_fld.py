@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flax_fld.models import fld
-from test_classifiers import synthetic_variables
+from model_helpers import synthetic_variables
 
 FEATURES, CLASSES, SIZE = 3, 4, 32
 

@@ -6,25 +6,9 @@ import numpy as np
 import pytest
 
 from flax_fld.models.icfdnet import ICFDNET_PRESETS, ICFDNet, attention_pool_factor, icfdnet, icfdnet_preset
+from model_helpers import synthetic_variables
 
 FEATURES, CLASSES = 5, 4
-
-
-def synthetic_variables(model, shape, seed: int = 0):
-    """Init's shapes filled by numpy (He-scaled weights, identity norms): avoids compiling init."""
-    rng = np.random.default_rng(seed)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
-        if name in ("bias", "mean"):
-            return np.zeros(leaf.shape, np.float32)
-        fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-        return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def both_heads(preset: str):
