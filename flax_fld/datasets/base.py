@@ -26,6 +26,11 @@ def short_hash(*parts: Any) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
 
 
+def name_stem(text: str, fallback: str = "data") -> str:
+    """``text`` reduced to at most 32 alphanumerics/underscores: a readable part of a builder config name."""
+    return "".join(c if c.isalnum() else "_" for c in text)[:32] or fallback
+
+
 def file_fingerprint(path: str) -> tuple[str, int, int]:
     """(absolute path, size, mtime): changes when the user replaces or edits the file."""
     stat = os.stat(path)

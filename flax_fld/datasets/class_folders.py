@@ -94,7 +94,7 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
     fingerprint = base.short_hash(
         class_names, [(split, [base.file_fingerprint(path) for path, _ in listing[split]]) for split in base.SPLITS]
     )
-    folder = "".join(c if c.isalnum() else "_" for c in os.path.basename(root.rstrip("/")))[:32] or "root"
+    folder = base.name_stem(os.path.basename(root.rstrip("/")), fallback="root")
     config = FolderConfig(
         name=f"{folder}_{fingerprint}_s{size}_c{channels}",
         description=f"class folders under {root}",

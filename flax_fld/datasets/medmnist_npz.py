@@ -89,7 +89,7 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
     path = os.path.abspath(data_config.root) if data_config.root else ""
     if not os.path.isfile(path):
         raise ValueError(f"medmnist_npz: data.root={data_config.root!r} is not a .npz file")
-    stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0])[:32]
+    stem = base.name_stem(os.path.splitext(os.path.basename(path))[0])
     fingerprint = base.short_hash(base.file_fingerprint(path), class_names)
     config = NpzConfig(
         name=f"{stem}_{fingerprint}_s{size}_c{channels}",
