@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     ablation.backbones = ("resnet18", "cbam_resnet18", "se_resnet18", "squeezenet1_1")
     ablation.seeds = 3  # Seeds 0, 1, 2: each cell is mean +- std (the paper reports one run).
     ablation.rows = ("baseline", "icfdnet", "icfdnet_at")  # Table 2's three rows per backbone.
+    ablation.linear_floor = True  # First row: logistic regression on the raw pixels (flax_fld.linear_probe).
     config.train.validate_robust = False  # The ablation reports clean accuracy; robust validation only costs time.
     config.train.best_metric = "worst_class"  # Same selection rule for every row.
     return config

@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     model.feature_channels = 4  # Channels of each decoupled feature map concatenated into x_c.
     model.use_decouplers = True  # False: the baseline of Table 2 (classifier sees the color-transformed image only).
     model.color_space = "ycbcr"  # gray | ycbcr | hsv | lab: the color transform Y_c of Algorithm 1.
+    model.squeezenet_batch_norm = False  # squeezenet1_1 only: BatchNorm after each convolution (not torchvision's).
+    model.icfdnet_norm = "batch"  # batch | group: normalization inside IC1/IC2 (group: no batch statistics).
+    model.standardize_features = False  # Standardise Feat1/Feat2 per image and channel before concatenation.
+    model.detach_features = False  # True: the classifier's loss does not update IC1/IC2 (only Ls, Lc do).
 
     config.adv = adv = ml_collections.ConfigDict()
     adv.enabled = True  # Adversarial training on/off (the "+AT" column of Table 2).
@@ -46,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     adv.num_steps = 3  # Inner-max steps (TRADES uses 10; 3 keeps the CPU demo within its time budget).
     adv.step_size = 2 / 255  # Inner-max step, scaled per class by epsilon_i / epsilon (TRADES 2/255).
     adv.warmup_epochs = 1  # Epochs with uniform epsilon/beta before calibration starts (CFA's warm-up).
+    adv.start_epoch = 0  # Epochs of clean training (beta_i = 0) before the TRADES term of Eq. 3 is switched on.
     adv.through_decouplers = False  # True: perturb x before IC1/IC2 (end-to-end); False: Fig. 2, features held fixed.
     adv.eval_epsilon = 8 / 255  # PGD-CE evaluation radius.
     adv.eval_steps = 5  # PGD-CE evaluation steps (PGD-20 in paper.py; end-to-end PGD costs ~2.5 s/step/64 images on CPU).

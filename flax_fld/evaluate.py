@@ -176,6 +176,39 @@ def selection_value(report: dict, best_metric: str) -> float:
     )
 
 
+def selection_key(report: dict, best_metric: str) -> list[float]:
+    """What ranks epochs for the best checkpoint: ``best_metric`` first, ties broken by the clean balanced
+    accuracy, then the clean average (compare lists lexicographically; higher is better).
+
+    Without the tie-breakers a figure that stays flat (a worst class at 0 % for every epoch of a short run)
+    would keep the first epoch's model.
+    """
+    return [selection_value(report, best_metric), float(report["balanced_accuracy"]), float(report["average"])]
+
+
+def collapse_warning(report: dict) -> str:
+    """A line for the log when the clean predictions collapsed or a class is never recognised; else ''."""
+    if report["collapsed"]:
+        return (f"WARNING: the model predicts one class for every {report['split']} image (collapsed): it has "
+                "learned only a class prior; this table does not measure the method")
+    if report["classes_at_zero"]:
+        return f"WARNING: no {report['split']} image of {', '.join(report['classes_at_zero'])} is recognised (0 %)"
+    return ""
+
+
+def unsettled_classes(class_curves: list[list[float]], class_names: list[str], last: int = 3) -> list[str]:
+    """Classes whose validation accuracy falls from >= 50 % to 0 between two of the last ``last`` epochs.
+
+    ``class_curves``: per epoch, the per-class validation accuracies in percent (``val_clean_class_acc`` of
+    metrics.jsonl). A class that swings like that means the chosen epoch is luck, not a trained model.
+    """
+    window = np.asarray(class_curves[-last:], np.float64)
+    if len(window) < 2:
+        return []
+    falls = (window[:-1] >= 50.0) & (window[1:] == 0.0)
+    return [name for name, fell in zip(class_names, falls.any(axis=0)) if fell]
+
+
 def validation_record(report: dict) -> dict:
     """The ``val_*`` fields of an ``epoch`` record of metrics.jsonl (per-class lists in percent)."""
     record = {
@@ -183,6 +216,7 @@ def validation_record(report: dict) -> dict:
         "val_balanced_accuracy": report["balanced_accuracy"],
         "val_best_worst": report["best_worst"],
         "val_worst_class": float(np.nanmin(class_accuracies(report))),
+        "val_collapsed": bool(report["collapsed"]),
         "val_clean_class_acc": class_accuracies(report),
     }
     for robust_report in report["robust"].values():

@@ -259,3 +259,15 @@ def measure_throughput(
     for _ in range(num_batches):
         next(iterator)
     return num_batches * batch_size / (time.perf_counter() - start)
+
+
+def load_split(data_config: ml_collections.ConfigDict, data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split in memory, in order, without augmentation: (float32 [N, H, W, C] in [0, 1], int32 [N]).
+
+    For small-data baselines (``linear_probe``); training reads batches through ``TrainIterator``.
+    """
+    if split not in base.SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {base.SPLITS}")
+    source = _prepared_builder(data_config, data_dir).as_data_source(split=split)
+    images, labels = _read(source, np.arange(len(source)))
+    return images.astype(np.float32) / 255.0, labels

@@ -73,8 +73,10 @@ def class_report(confusion, class_names: Sequence[str]) -> dict:
         A dict with ``per_class_accuracy`` ({name: percent}), ``average`` (sample-weighted percent),
         ``best_worst`` (percent points, see the module docstring), ``balanced_accuracy`` (percent),
         ``best_class``/``worst_class`` (names), ``num_examples`` (int), ``confusion_matrix`` (list of lists
-        of int). A class with no example has accuracy NaN and is left out of the best/worst and balanced
-        figures.
+        of int), ``predicted_classes`` (how many classes are predicted at least once), ``collapsed`` (True when
+        every example is predicted as one class: the model has learned nothing but a prior) and
+        ``classes_at_zero`` (names of classes with examples and no correct prediction). A class with no example
+        has accuracy NaN and is left out of the best/worst and balanced figures.
     """
     confusion = np.asarray(confusion)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
@@ -93,6 +95,7 @@ def class_report(confusion, class_names: Sequence[str]) -> dict:
         raise ValueError("metrics.class_report: the confusion matrix is empty")
     seen_percent = np.where(seen, percent, np.nan)
     best, worst = int(np.nanargmax(seen_percent)), int(np.nanargmin(seen_percent))
+    predicted_classes = int(np.count_nonzero(confusion.sum(axis=0)))
     return {
         "per_class_accuracy": {name: float(p) for name, p in zip(class_names, percent)},
         "average": float(100.0 * correct.sum() / support.sum()),
@@ -102,6 +105,9 @@ def class_report(confusion, class_names: Sequence[str]) -> dict:
         "worst_class": class_names[worst],
         "num_examples": int(support.sum()),
         "confusion_matrix": confusion.tolist(),
+        "predicted_classes": predicted_classes,
+        "collapsed": bool(predicted_classes <= 1 and int(seen.sum()) > 1),
+        "classes_at_zero": [name for name, p in zip(class_names, percent) if p == 0.0],
     }
 
 

@@ -100,6 +100,17 @@ def uniform_class_values(adv_config: ml_collections.ConfigDict, num_classes: int
     return epsilon, jnp.full((num_classes,), beta / (1.0 + beta), jnp.float32)
 
 
+def adversarial_weight_on(adv_config: ml_collections.ConfigDict, epoch: jax.Array) -> jax.Array:
+    """Whether Eq. 3's robust term is on in ``epoch`` (0-based): from ``adv.start_epoch`` on.
+
+    Before it ``beta_i = 0``: Lat is the clean cross-entropy, so the classifier (and the decouplers' features
+    it reads) first learn the task, then adversarial training refines it, as CFA warms up before its
+    class-wise calibration. The attack still runs, so the per-class adversarial accuracy of Eq. 1/2 is
+    measured from the first epoch, and the step compiles once.
+    """
+    return epoch >= int(adv_config.get("start_epoch", 0))
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: fld.FLDModel,
@@ -116,6 +127,7 @@ def create_train_state(
     init_key, state_key = jax.random.split(rng)
     variables = fld.init_variables(model, init_key, tuple(image_shape))
     epsilon, beta = uniform_class_values(config.adv, model.num_classes)
+    beta = jnp.where(adversarial_weight_on(config.adv, jnp.int32(0)), beta, 0.0)
     # The previous accuracy a class keeps until it is first seen; 1 - sigma makes Eq. 1 give epsilon itself.
     class_acc = jnp.full((model.num_classes,), 1.0 - float(config.adv.sigma), jnp.float32)
     return TrainState.create(
@@ -258,7 +270,8 @@ def end_epoch(state: TrainState, adv_config: ml_collections.ConfigDict) -> Train
     ``adv.calibration == "adaptive"`` and at least ``adv.warmup_epochs`` epochs completed:
     ``epsilon_i = (sigma + Acc_i) epsilon`` (Eq. 1) and ``beta_i = (mu + Acc_i) beta / (1 + (mu + Acc_i) beta)``
     (Eq. 2); otherwise (``fixed``, plain TRADES, or during the warm-up) ``epsilon`` and ``beta / (1 + beta)``.
-    Pure; jit it with the config closed over.
+    Before ``adv.start_epoch`` every ``beta_i`` is 0 (``adversarial_weight_on``). Pure; jit it with the
+    config closed over.
 
     Args:
         state: TrainState with this epoch's counters (``[K]`` int32).
@@ -276,6 +289,7 @@ def end_epoch(state: TrainState, adv_config: ml_collections.ConfigDict) -> Train
         beta = jnp.where(calibrate, calibration.class_beta(acc, adv_config.beta, adv_config.mu), uniform_beta)
     else:
         epsilon, beta = uniform_epsilon, uniform_beta
+    beta = jnp.where(adversarial_weight_on(adv_config, epoch), beta, 0.0)
     zeros = jnp.zeros_like(state.adv_correct)
     return state.replace(
         epoch=epoch, class_acc=acc, class_epsilon=epsilon, class_beta=beta, adv_correct=zeros, adv_seen=zeros
@@ -405,11 +419,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 # Replicated like the rest of the state, so the step does not recompile for a new layout.
                 state = state.replace(average_enabled=replicate(jnp.asarray(gate)))
                 record["fawa_averaging"] = int(gate)
-            value = evaluate.selection_value(validation, str(config.train.best_metric))
-            is_best = meta["best_value"] is None or value > meta["best_value"]
+            value = evaluate.selection_key(validation, str(config.train.best_metric))
+            is_best = meta["best_value"] is None or value > list(meta["best_value"])
             if is_best:
                 meta = {"best_value": value, "best_epoch": epoch + 1}
-            record.update(best_metric_value=value, best_epoch=meta["best_epoch"])
+            record.update(best_metric_value=value[0], best_epoch=meta["best_epoch"])
             if is_main:
                 writer.write("epoch", step, record)
             meta = dict(meta, iterator=train_iter.get_state(), epoch=epoch + 1)
@@ -420,7 +434,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f"epoch {epoch + 1}/{num_epochs}: validation average {validation['average']:.2f}% "
                   f"worst class {record['val_worst_class']:.2f}%"
                   + (f" robust {record['val_robust_average']:.2f}%" if "val_robust_average" in record else "")
-                  + (" (best so far)" if is_best else ""), flush=True)
+                  + (" (best so far)" if is_best else "")
+                  + (" COLLAPSED: every image predicted as one class" if validation["collapsed"] else ""),
+                  flush=True)
             if is_main and plot_every > 0 and (epoch + 1) % plot_every == 0:
                 plots.plot_class_curves(metric_writers.read_metrics(workdir), info.class_names,
                                         os.path.join(workdir, "plots"))
@@ -431,8 +447,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         variables = final_state.inference_variables()
         report = evaluate.evaluate_split(model, variables, config, data_dir, split="test", robust=True)
         report["checkpoint"] = which
+        report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["method"] = evaluate.method_name(config)
         if is_main:
+            curves = [r["val_clean_class_acc"] for r in metric_writers.read_metrics(workdir, "epoch")]
+            report["unsettled_classes"] = evaluate.unsettled_classes(curves, list(info.class_names))
             writer.write("eval", step, {"epoch": num_epochs, "test_average": report["average"],
                                         "test_best_worst": report["best_worst"],
                                         "test_balanced_accuracy": report["balanced_accuracy"]})
@@ -442,6 +461,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             evaluate.plot_decoupling_examples(model, variables, config, data_dir,
                                               os.path.join(plots_dir, "decoupling_grid.png"))
             print(f"\ntest split, {which}:\n{table}", flush=True)
+            warning = evaluate.collapse_warning(report)
+            if report["unsettled_classes"]:
+                warning += (f"\nWARNING: validation accuracy of {', '.join(report['unsettled_classes'])} fell from "
+                            ">= 50 % to 0 within the last 3 epochs: train longer or lower the learning rate")
+            if warning.strip():
+                print(warning.strip(), flush=True)
         return report
     finally:
         checkpointer.wait()

@@ -12,6 +12,10 @@ Config keys read from ``config.ablation`` (everything else is the training confi
   seeds      tuple of seeds (an int n means seeds 0..n-1); each cell is mean +- std over them
   rows       which of ("baseline", "icfdnet", "icfdnet_at") to run
 
+A floor comes first in the table: multinomial logistic regression on the raw pixels (``flax_fld.linear_probe``,
+same data source and split, in WORKDIR/linear/eval.json; ``config.ablation.linear_floor=False`` skips it), so
+a deep row below a linear model shows at once. A run whose test predictions collapsed to one class is marked.
+
 Each run trains with ``train.train_and_evaluate`` in WORKDIR/<backbone>/<row>/seed_<s>; a run whose directory
 already has eval.json is not repeated, so re-running the same command resumes the ablation. All runs share
 one prepared data set (WORKDIR/tfds_data unless config.data.data_dir is set). After every run the partial
@@ -35,6 +39,7 @@ from ml_collections import config_flags
 from flax_fld import metrics
 
 ROW_SUFFIXES = {"baseline": "", "icfdnet": "+ICFDNet", "icfdnet_at": "+ICFDNet+AT"}
+LINEAR_METHOD = "Linear floor (logistic regression, raw pixels)"
 # The paper's names for the backbones in its tables.
 BACKBONE_DISPLAY_NAMES = {
     "squeezenet1_1": "SqueezeNet",
@@ -87,6 +92,31 @@ def variant_config(config: ml_collections.ConfigDict, backbone: str, row: str, s
     return variant
 
 
+def linear_floor_result(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
+                        log: Callable[[str], Any] = print) -> dict:
+    """The linear-probe row (WORKDIR/linear/eval.json, reused when present) in the ``results`` item layout."""
+    path = os.path.join(workdir, "linear", "eval.json")
+    if os.path.exists(path):
+        log(f"linear floor: reusing {path}")
+        with open(path, encoding="utf-8") as handle:
+            report = json.load(handle)
+    else:
+        from flax_fld import linear_probe  # the training stack, as in run_ablation
+
+        log("linear floor: logistic regression on the raw pixels")
+        data_config = ml_collections.ConfigDict(config.data.to_dict())
+        data_config.data_dir = data_dir
+        report = linear_probe.fit_linear_probe(data_config, data_dir)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+        os.replace(path + ".tmp", path)
+    return {"backbone": "linear", "row": "linear", "method": LINEAR_METHOD, "class_names": list(report["class_names"]),
+            "runs": {"-": {"average": report["average"], "best_worst": report["best_worst"],
+                           "per_class_accuracy": report["per_class_accuracy"]}},
+            "summary": aggregate_reports([report])}
+
+
 def _mean_std(values: Sequence[float]) -> dict:
     array = np.asarray(values, np.float64)
     return {
@@ -112,6 +142,8 @@ def aggregate_reports(reports: Sequence[Mapping[str, Any]]) -> dict:
     }
     for key in ("average", "best_worst", "balanced_accuracy"):
         summary[key] = _mean_std([r[key] for r in reports])
+    summary["epochs"] = [r.get("epoch") for r in reports]
+    summary["collapsed_runs"] = sum(bool(r.get("collapsed", False)) for r in reports)
     attacks = [name for name in reports[0].get("robust", {}) if all(name in r.get("robust", {}) for r in reports)]
     summary["robust"] = {
         attack: {key: _mean_std([r["robust"][attack][key] for r in reports]) for key in ("average", "best_worst")}
@@ -145,10 +177,12 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
         class_names = [by_lower[name] for name in metrics.PAPER_CLASS_ORDER]
     attack = next((a for r in results for a in r["summary"]["robust"]), None)
     header = (["Method"] + [f"{name.capitalize()}%" for name in class_names] + ["Average%", "Best-Worst%"]
-              + ([f"Robust Average% ({attack})"] if attack else []))
+              + ([f"Robust Average% ({attack})"] if attack else []) + ["Epoch (per seed)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for backbone in dict.fromkeys(r["backbone"] for r in results):
-        group = [r for r in results if r["backbone"] == backbone]
+        group = [r for r in results if r["backbone"] == backbone and r["row"] in ROW_SUFFIXES]
+        if not group:  # the linear floor
+            group = [r for r in results if r["backbone"] == backbone]
         best = max(r["summary"]["average"]["mean"] for r in group)
         baseline = next((r["summary"]["average"]["mean"] for r in group if r["row"] == "baseline"), None)
         for result in group:
@@ -163,6 +197,10 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
             if attack:
                 robust = summary["robust"].get(attack)
                 cells.append(_cell(robust["average"]) if robust else "–")
+            epochs = [e for e in summary.get("epochs", []) if e is not None]
+            cells.append(", ".join(map(str, epochs)) if epochs else "–")
+            if summary.get("collapsed_runs"):
+                cells[0] += f" (collapsed to one class in {summary['collapsed_runs']} run(s))"
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -198,6 +236,9 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     data_dir = config.data.get("data_dir", "") or os.path.join(workdir, "tfds_data")
     results = []
+    if config.ablation.get("linear_floor", True):
+        results.append(linear_floor_result(config, workdir, data_dir, log))
+        write_outputs(workdir, results, seeds, command)
     total, done = len(backbones) * len(rows) * len(seeds), 0
     for backbone in backbones:
         for row in rows:

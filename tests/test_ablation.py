@@ -29,7 +29,7 @@ def _config(seeds=(0, 1), rows=("baseline", "icfdnet", "icfdnet_at")):
     config.model = ml_collections.ConfigDict({"classifier": "resnet18", "use_decouplers": True})
     config.adv = ml_collections.ConfigDict({"enabled": True})
     config.ablation = ml_collections.ConfigDict(
-        {"backbones": ("squeezenet1_1", "resnet18"), "seeds": seeds, "rows": rows})
+        {"backbones": ("squeezenet1_1", "resnet18"), "seeds": seeds, "rows": rows, "linear_floor": False})
     return config
 
 
@@ -44,6 +44,8 @@ def _fake_train(calls):
         report = metrics.class_report(confusion, CLASS_NAMES)
         report["robust"] = {"pgd_ce": metrics.class_report(np.eye(4, dtype=int) * 10 + 1, CLASS_NAMES)}
         report["class_names"] = list(CLASS_NAMES)
+        report["epoch"] = 7 + config.seed
+        report["collapsed"] = config.model.classifier == "resnet18" and not config.model.use_decouplers
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "eval.json"), "w") as handle:
             json.dump(report, handle)
@@ -72,6 +74,7 @@ def test_table_has_mean_and_std_per_cell_and_resumes_without_retraining(tmp_path
     lines = [line for line in markdown.splitlines() if line.startswith("| ")]
     # Paper column order, whatever the label order.
     assert lines[0].startswith("| Method | Mild% | Moderate% | Severe% | Normal% | Average% | Best-Worst%")
+    assert lines[0].endswith("| Epoch (per seed) |")
     full = next(line for line in lines if line.startswith("| SqueezeNet+ICFDNet+AT |"))
     # The mild cell is the mean ± sample std of the two seeds' reports.
     mild = [r["per_class_accuracy"]["mild"] for r in
@@ -79,8 +82,11 @@ def test_table_has_mean_and_std_per_cell_and_resumes_without_retraining(tmp_path
              for s in (0, 1))]
     assert f"| {np.mean(mild):.2f} ± {np.std(mild, ddof=1):.2f} |" in full
     assert "↑" in full and "**" in full  # best of its group, above its baseline
+    assert full.endswith("| 7, 8 |")  # each seed's best epoch
     baseline = next(line for line in lines if line.startswith("| SqueezeNet |"))
     assert "↑" not in baseline and "↓" not in baseline
+    assert "collapsed" not in baseline
+    assert next(line for line in lines if line.startswith("| ResNet (collapsed to one class in 2 run(s)) |"))
     assert len(lines) == 2 + 2 * 3
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert [r["method"] for r in saved["results"]] == [r["method"] for r in results]
@@ -117,3 +123,21 @@ def test_bad_ablation_section_is_refused_with_the_key(section, message):
 def test_integer_seed_count_means_range():
     config = _config(seeds=3)
     assert ablation.ablation_settings(config)[1] == (0, 1, 2)
+
+
+def test_linear_floor_is_the_first_row_and_is_reused(tmp_path):
+    from flax_fld.config_files import load_sibling_config
+
+    config = load_sibling_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"), "tiny.py")
+    config.ablation = ml_collections.ConfigDict(
+        {"backbones": ("squeezenet1_1",), "seeds": 1, "rows": ("baseline",), "linear_floor": True})
+    config.data.data_dir = str(tmp_path / "tfds")
+    logged = []
+    results = ablation.run_ablation(config, str(tmp_path), train_fn=_fake_train([]), log=logged.append)
+    assert results[0]["method"] == ablation.LINEAR_METHOD
+    floor = json.loads((tmp_path / "linear" / "eval.json").read_text())
+    assert floor["l2"] in (1e-4, 1e-3, 1e-2, 1e-1) and floor["split"] == "test"
+    lines = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| ")]
+    assert lines[2].startswith(f"| {ablation.LINEAR_METHOD} |")
+    ablation.run_ablation(config, str(tmp_path), train_fn=_fake_train([]), log=logged.append)
+    assert any("reusing" in line and "linear" in line for line in logged)

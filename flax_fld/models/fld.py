@@ -36,6 +36,8 @@ class FLDModel:
     color_space: str
     image_channels: int
     num_classes: int
+    standardize_features: bool = False  # per-image, per-channel standardisation of Feat1/Feat2 in x_c
+    detach_features: bool = False  # the classifier's loss does not update IC1/IC2 (only Ls and Lc do)
 
     @property
     def use_decouplers(self) -> bool:
@@ -66,16 +68,20 @@ def create_fld_model(model_config: ml_collections.ConfigDict, num_classes: int, 
     classifier_kwargs: dict[str, Any] = {}
     if model_config.classifier == "vit":
         classifier_kwargs["preset"] = model_config.vit_preset
+    if model_config.classifier == "squeezenet1_1":
+        classifier_kwargs["batch_norm"] = bool(model_config.get("squeezenet_batch_norm", False))
     classifier = get_classifier(model_config.classifier, num_classes, **classifier_kwargs)
     ic1 = ic2 = None
     if model_config.use_decouplers:
         if model_config.feature_channels < 1:
             raise ValueError(f"fld.py: model.feature_channels={model_config.feature_channels}; must be >= 1")
-        preset = icfdnet_preset(model_config.icfdnet_preset)
+        preset = dict(icfdnet_preset(model_config.icfdnet_preset), norm=model_config.get("icfdnet_norm", "batch"))
         ic1 = ICFDNet(features=model_config.feature_channels, head="class", num_classes=num_classes, **preset)
         ic2 = ICFDNet(features=model_config.feature_channels, head="reconstruct", num_classes=num_classes, **preset)
     return FLDModel(ic1=ic1, ic2=ic2, classifier=classifier, color_space=model_config.color_space,
-                    image_channels=image_channels, num_classes=num_classes)
+                    image_channels=image_channels, num_classes=num_classes,
+                    standardize_features=bool(model_config.get("standardize_features", False)),
+                    detach_features=bool(model_config.get("detach_features", False)))
 
 
 def _submodules(model: FLDModel) -> dict[str, nn.Module]:
@@ -138,12 +144,33 @@ def decouple(model: FLDModel, variables: dict, x: jax.Array, *, train: bool) -> 
     return Decoupled(feat1, class_logits, feat2, x_hat), {"ic1": stats1, "ic2": stats2}
 
 
+def standardize(features: jax.Array, eps: float = 1e-4) -> jax.Array:
+    """Each image's each channel to zero mean and unit variance over H, W: [B,H,W,F] -> [B,H,W,F].
+
+    The decouplers' feature maps have no fixed scale (a linear convolution ends ICFDNet), while Y_c lies in
+    [0, 1]; standardised, neither part of x_c drowns the other, and the features' scale cannot drift
+    between epochs under the classifier. No batch statistics: train and eval mode agree.
+    """
+    mean = jnp.mean(features, axis=(1, 2), keepdims=True)
+    var = jnp.var(features, axis=(1, 2), keepdims=True)
+    return (features - mean) * jax.lax.rsqrt(var + eps)
+
+
 def classifier_input(model: FLDModel, x: jax.Array, decoupled: Decoupled) -> jax.Array:
-    """x_c = cat(Feat1, Feat2, Y_c(x)) [B,H,W,2F+Cc] (Algorithm 1); baseline: Y_c(x) [B,H,W,Cc]."""
+    """x_c = cat(Feat1, Feat2, Y_c(x)) [B,H,W,2F+Cc] (Algorithm 1); baseline: Y_c(x) [B,H,W,Cc].
+
+    With ``model.standardize_features`` the features are standardised (``standardize``); with
+    ``model.detach_features`` no gradient flows from the classifier back into IC1/IC2.
+    """
     color_image = color.color_transform(x, model.color_space)
     if decoupled.feat1 is None:
         return color_image
-    return jnp.concatenate([decoupled.feat1, decoupled.feat2, color_image], axis=-1)
+    features = jnp.concatenate([decoupled.feat1, decoupled.feat2], axis=-1)
+    if model.detach_features:
+        features = jax.lax.stop_gradient(features)
+    if model.standardize_features:
+        features = standardize(features)
+    return jnp.concatenate([features, color_image], axis=-1)
 
 
 def classify(model: FLDModel, variables: dict, x_c: jax.Array, *, train: bool,

@@ -31,6 +31,7 @@ ICFDNET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 HEADS = ("class", "reconstruct")
+NORMS = ("batch", "group")
 
 
 def icfdnet_preset(name: str) -> dict[str, Any]:
@@ -57,18 +58,33 @@ def attention_pool_factor(height: int, width: int, max_tokens: int) -> int:
     return factor
 
 
+def normalization(norm: str, features: int, train: bool) -> nn.Module:
+    """BatchNorm (``norm="batch"``) or GroupNorm of up to 4 groups (``"group"``).
+
+    GroupNorm has no batch statistics, so a decoupler gives the same features in train and eval mode: the
+    classifier, which is trained on train-mode features and attacked through eval-mode ones, sees one
+    distribution instead of two.
+    """
+    if norm == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    if norm == "group":
+        return nn.GroupNorm(num_groups=math.gcd(features, 4), epsilon=1e-5)
+    raise ValueError(f"icfdnet.py: norm={norm!r}; expected one of {NORMS}")
+
+
 class ConvBNReLU(nn.Module):
-    """3x3 convolution (optionally strided or dilated) + BatchNorm + ReLU: [B,H,W,Cin] -> [B,H/s,W/s,features]."""
+    """3x3 convolution (optionally strided or dilated) + normalization + ReLU: [B,H,W,Cin] -> [B,H/s,W/s,features]."""
 
     features: int
     strides: int = 1
     dilation: int = 1
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(self.features, (3, 3), self.strides, padding=self.dilation, kernel_dilation=self.dilation,
                     use_bias=False)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        x = normalization(self.norm, self.features, train)(x)
         return nn.relu(x)
 
 
@@ -116,6 +132,7 @@ class ICBlock(nn.Module):
     depth: int
     num_heads: int
     attn_max_tokens: int
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -124,21 +141,21 @@ class ICBlock(nn.Module):
         if self.mid_channels % self.num_heads:
             raise ValueError(f"icfdnet.py: mid_channels={self.mid_channels} not divisible by "
                              f"num_heads={self.num_heads}")
-        residual = ConvBNReLU(self.out_channels, name="conv_in")(x, train)
-        h = ConvBNReLU(self.mid_channels, name="enc0")(residual, train)
+        residual = ConvBNReLU(self.out_channels, norm=self.norm, name="conv_in")(x, train)
+        h = ConvBNReLU(self.mid_channels, norm=self.norm, name="enc0")(residual, train)
         skips = [h]
         for level in range(1, self.depth + 1):
-            h = ConvBNReLU(self.mid_channels, strides=2, name=f"enc{level}")(h, train)
+            h = ConvBNReLU(self.mid_channels, strides=2, norm=self.norm, name=f"enc{level}")(h, train)
             skips.append(h)
         skips.pop()  # the bottleneck itself is not a skip
 
         h = SpatialSelfAttention(self.num_heads, self.attn_max_tokens, name="attention")(h)
-        h = ConvBNReLU(self.mid_channels, dilation=2, name="dilated")(h, train)
+        h = ConvBNReLU(self.mid_channels, dilation=2, norm=self.norm, name="dilated")(h, train)
 
         for level, skip in reversed(list(enumerate(skips))):
             h = resize_to(h, skip.shape[1], skip.shape[2])
             features = self.out_channels if level == 0 else self.mid_channels
-            h = ConvBNReLU(features, name=f"dec{level}")(jnp.concatenate([h, skip], axis=-1), train)
+            h = ConvBNReLU(features, norm=self.norm, name=f"dec{level}")(jnp.concatenate([h, skip], axis=-1), train)
         return residual + h
 
 
@@ -157,6 +174,7 @@ class ICFDNet(nn.Module):
         head: "class" | "reconstruct".
         num_classes: K, for head="class".
         mid_ratio: ICBlock inner channels = max(num_heads, width // mid_ratio), rounded to num_heads.
+        norm: "batch" | "group" (see `normalization`).
     """
 
     features: int = 4
@@ -167,12 +185,14 @@ class ICFDNet(nn.Module):
     head: str = "class"
     num_classes: int = 4
     mid_ratio: int = 2
+    norm: str = "batch"
 
     def _block(self, level: int, name: str) -> ICBlock:
         width = self.widths[level]
         mid = max(self.num_heads, width // self.mid_ratio)
         mid -= mid % self.num_heads
-        return ICBlock(width, mid, self.block_depths[level], self.num_heads, self.attn_max_tokens, name=name)
+        return ICBlock(width, mid, self.block_depths[level], self.num_heads, self.attn_max_tokens, self.norm,
+                       name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
