@@ -32,9 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
     model.feature_channels = 4  # Channels of each decoupled feature map concatenated into x_c.
     model.use_decouplers = True  # False: the baseline of Table 2 (classifier sees the color-transformed image only).
     model.color_space = "ycbcr"  # gray | ycbcr | hsv | lab: the color transform Y_c of Algorithm 1.
-    model.squeezenet_batch_norm = False  # squeezenet1_1 only: BatchNorm after each convolution (not torchvision's).
-    model.icfdnet_norm = "batch"  # batch | group: normalization inside IC1/IC2 (group: no batch statistics).
-    model.standardize_features = False  # Standardise Feat1/Feat2 per image and channel before concatenation.
+    # squeezenet1_1 only: BatchNorm after each convolution (not in torchvision). Without it the network sat
+    # at chance for 6 of 10 epochs on real digit scans and never left it on users' photographs (issue 9).
+    model.squeezenet_batch_norm = True
+    # batch | group: normalization inside IC1/IC2. group has no batch statistics, so the features the
+    # classifier trains on (train mode) and is evaluated and attacked on (eval mode) are the same; it is
+    # also 1.6x faster than BatchNorm in the decouplers' backward pass on CPU.
+    model.icfdnet_norm = "group"
+    model.standardize_features = True  # Standardise Feat1/Feat2 per image and channel before concatenation.
     model.detach_features = False  # True: the classifier's loss does not update IC1/IC2 (only Ls, Lc do).
 
     config.adv = adv = ml_collections.ConfigDict()
@@ -50,7 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     adv.num_steps = 3  # Inner-max steps (TRADES uses 10; 3 keeps the CPU demo within its time budget).
     adv.step_size = 2 / 255  # Inner-max step, scaled per class by epsilon_i / epsilon (TRADES 2/255).
     adv.warmup_epochs = 1  # Epochs with uniform epsilon/beta before calibration starts (CFA's warm-up).
-    adv.start_epoch = 0  # Epochs of clean training (beta_i = 0) before the TRADES term of Eq. 3 is switched on.
+    # Epochs of clean training (beta_i = 0) before the TRADES term of Eq. 3 is switched on: adversarial
+    # training from the first step cost 4 points of test average on the benchmark (issue 9 diagnosis).
+    adv.start_epoch = 3
     adv.through_decouplers = False  # True: perturb x before IC1/IC2 (end-to-end); False: Fig. 2, features held fixed.
     adv.eval_epsilon = 8 / 255  # PGD-CE evaluation radius.
     adv.eval_steps = 5  # PGD-CE evaluation steps (PGD-20 in paper.py; end-to-end PGD costs ~2.5 s/step/64 images on CPU).
@@ -75,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.grad_clip_norm = 5.0  # Global-norm clipping; 0 disables.
 
     config.train = train = ml_collections.ConfigDict()
-    train.num_epochs = 10  # Passes over the training split (~35 s each on a 2-core CPU).
+    train.num_epochs = 15  # Passes over the training split (~25-35 s each with the attack on a 2-core CPU).
     train.per_device_batch_size = 32  # Batch per device; global batch = this x device count.
     train.eval_batch_size = 64  # Per-device batch for evaluation.
     train.log_every_steps = 10  # Console/TensorBoard logging period.
@@ -88,9 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
     # the CPU demo, where it would double the run time (the final test report is always robust too).
     train.validate_robust = False
     # Which validation figure picks WORKDIR/checkpoints_best: average | balanced_accuracy | worst_class
-    # (clean, the paper's balance goal) | robust_average | robust_worst_class. balanced_accuracy for the short
-    # demo: worst_class picks an early epoch in which one class happens to be non-zero over a better model.
-    train.best_metric = "balanced_accuracy"
+    # (clean, the paper's balance goal) | robust_average | robust_worst_class. Ties go to the higher
+    # balanced accuracy, then average (evaluate.selection_key). worst_class, as in configs/ablation.py, so
+    # that the demo is the ablation's +ICFDNet+AT run for seed 0.
+    train.best_metric = "worst_class"
     train.async_checkpointing = True  # Write checkpoints in a background thread while training continues.
     train.plot_every_epochs = 1  # Redraw WORKDIR/plots/class_*.png every N epochs (0: only at the end).
     train.num_grid_examples = 8  # Test images shown in WORKDIR/plots/decoupling_grid.png.

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.adv.num_steps = 2  # Enough to exercise the inner maximisation.
     config.adv.eval_steps = 2  # Same for the PGD-CE evaluation.
     config.optim.warmup_epochs = 0  # No warm-up: learning starts at the first step.
+    config.adv.start_epoch = 1  # The TRADES term switches on in the second epoch, so both phases run.
     config.train.num_epochs = 2  # Two epochs: one calibration of epsilon/beta happens in between.
     config.train.per_device_batch_size = 8  # Global batch 16 on the 2 forced test devices.
     config.train.eval_batch_size = 8  # 16 per evaluation step: the test split needs a padded last batch.

@@ -22,8 +22,10 @@ from flax_fld.models import fld
 
 
 def attack_name(adv_config: ml_collections.ConfigDict) -> str:
-    """The ``robust`` key of a report, e.g. ``pgd10_linf_8/255``."""
-    return f"pgd{int(adv_config.eval_steps)}_linf_{float(adv_config.eval_epsilon) * 255:g}/255"
+    """The ``robust`` key of a report, e.g. ``pgd10_linf_8/255`` (``... fixed-features`` for the Fig. 2 threat
+    model, in which the attacker perturbs Y_c only and the decoupled features are held)."""
+    name = f"pgd{int(adv_config.eval_steps)}_linf_{float(adv_config.eval_epsilon) * 255:g}/255"
+    return name if adv_config.get("eval_through_decouplers", True) else name + " fixed-features"
 
 
 def eval_step(
@@ -109,6 +111,7 @@ def evaluate_split(
     *,
     split: str,
     robust: bool,
+    both_threat_models: bool = False,
 ) -> dict[str, Any]:
     """Clean (and robust) per-class report of ``split``: the fields of ``WORKDIR/eval.json``.
 
@@ -119,27 +122,38 @@ def evaluate_split(
         data_dir: where the prepared data set lives.
         split: ``train`` | ``validation`` | ``test``.
         robust: add ``robust[attack_name]`` from PGD-CE with ``adv.eval_epsilon/eval_steps/eval_step_size``.
+        both_threat_models: with decouplers, also attack under the other threat model than
+            ``adv.eval_through_decouplers`` (end to end and fixed features; the configured one comes first).
 
     Returns:
         ``metrics.class_report`` fields plus ``class_names``, ``split`` and ``robust`` ({} if not robust).
     """
-    batches = input_pipeline.eval_batches(
-        config.data,
-        data_dir,
-        split=split,
-        per_device_batch_size=int(config.train.eval_batch_size),
-        local_device_count=jax.local_device_count(),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    def batches():
+        return input_pipeline.eval_batches(
+            config.data,
+            data_dir,
+            split=split,
+            per_device_batch_size=int(config.train.eval_batch_size),
+            local_device_count=jax.local_device_count(),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
     clean, adversarial = confusion_matrices(
-        model, variables, batches, adv_config=config.adv, robust=robust, seed=int(config.seed)
+        model, variables, batches(), adv_config=config.adv, robust=robust, seed=int(config.seed)
     )
     class_names = list(config.data.class_names)
     report = metrics.class_report(clean, class_names)
     report["robust"] = {}
     if adversarial is not None:
         report["robust"][attack_name(config.adv)] = metrics.class_report(adversarial, class_names)
+        if both_threat_models and model.use_decouplers:
+            other = ml_collections.ConfigDict(config.adv.to_dict())
+            other.eval_through_decouplers = not bool(config.adv.get("eval_through_decouplers", True))
+            _, adversarial = confusion_matrices(
+                model, variables, batches(), adv_config=other, robust=True, seed=int(config.seed)
+            )
+            report["robust"][attack_name(other)] = metrics.class_report(adversarial, class_names)
     report["class_names"] = class_names
     report["split"] = split
     return report

@@ -445,7 +445,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         which = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         final_state = best[0] if best else state
         variables = final_state.inference_variables()
-        report = evaluate.evaluate_split(model, variables, config, data_dir, split="test", robust=True)
+        report = evaluate.evaluate_split(model, variables, config, data_dir, split="test", robust=True,
+                                         both_threat_models=True)
         report["checkpoint"] = which
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["method"] = evaluate.method_name(config)

@@ -166,8 +166,8 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
     ``results`` items: ``{'backbone', 'row', 'method', 'class_names', 'summary': aggregate_reports(...)}``.
     Class columns follow the paper's order (Mild, Moderate, Severe, Normal) when the classes are the
     paper's. As in Table 2, the best Average of each backbone's group is bold and an arrow compares each
-    row's mean Average with its group's baseline. Extra columns: Best-Worst and, for runs evaluated under
-    attack, the robust Average of the first attack.
+    row's mean Average with its group's baseline. Extra columns: Best-Worst, the robust Average under each
+    attack the runs were evaluated with, and each seed's selected epoch.
     """
     if not results:
         raise ValueError("format_ablation_table: no results")
@@ -175,9 +175,9 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
     by_lower = {name.lower(): name for name in class_names}
     if set(by_lower) == set(metrics.PAPER_CLASS_ORDER) and len(by_lower) == len(class_names):
         class_names = [by_lower[name] for name in metrics.PAPER_CLASS_ORDER]
-    attack = next((a for r in results for a in r["summary"]["robust"]), None)
+    attacks = list(dict.fromkeys(a for r in results for a in r["summary"]["robust"]))
     header = (["Method"] + [f"{name.capitalize()}%" for name in class_names] + ["Average%", "Best-Worst%"]
-              + ([f"Robust Average% ({attack})"] if attack else []) + ["Epoch (per seed)"])
+              + [f"Robust Average% ({attack})" for attack in attacks] + ["Epoch (per seed)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for backbone in dict.fromkeys(r["backbone"] for r in results):
         group = [r for r in results if r["backbone"] == backbone and r["row"] in ROW_SUFFIXES]
@@ -194,7 +194,7 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
             if baseline is not None and result["row"] != "baseline":
                 average += " ↑" if summary["average"]["mean"] > baseline else " ↓"
             cells += [average, _cell(summary["best_worst"])]
-            if attack:
+            for attack in attacks:
                 robust = summary["robust"].get(attack)
                 cells.append(_cell(robust["average"]) if robust else "–")
             epochs = [e for e in summary.get("epochs", []) if e is not None]

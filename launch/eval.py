@@ -25,7 +25,8 @@ def main(argv: Sequence[str]) -> None:
     try:
         config, model, variables, _ = train.load_for_inference(_WORKDIR.value, which=_WHICH.value)
         data_dir = train.resolve_data_dir(config, _WORKDIR.value)
-        report = evaluate.evaluate_split(model, variables, config, data_dir, split=_SPLIT.value, robust=True)
+        report = evaluate.evaluate_split(model, variables, config, data_dir, split=_SPLIT.value, robust=True,
+                                         both_threat_models=True)
     except ValueError as error:
         sys.exit(f"error: {error}")
     report["checkpoint"] = f"{_WHICH.value} checkpoint"

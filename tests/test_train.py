@@ -36,6 +36,7 @@ def load_config(name: str) -> ml_collections.ConfigDict:
 
 def adv_config(**overrides) -> ml_collections.ConfigDict:
     config = load_config("default").adv
+    config.start_epoch = 0  # Eq. 2's beta from the first epoch on (start_epoch has its own tests)
     config.update(overrides)
     return config
 
@@ -176,7 +177,14 @@ def test_resume_continues_from_saved_step_like_an_uninterrupted_run(tiny, tmp_pa
     report = train.train_and_evaluate(config, uninterrupted)
     # The final report: every test example counted once, robust results present.
     assert sum(map(sum, report["confusion_matrix"])) == info.num_examples["test"]
-    assert set(report["robust"]) and report["split"] == "test"
+    assert report["split"] == "test"
+    # Both threat models: end to end (the configured one, first) and Fig. 2's fixed features.
+    assert [name.endswith("fixed-features") for name in report["robust"]] == [False, True]
+    assert report["epoch"] in (1, 2) and isinstance(report["unsettled_classes"], list)
+    assert isinstance(report["collapsed"], bool)
+    with open(os.path.join(uninterrupted, "metrics.jsonl"), encoding="utf-8") as handle:
+        epochs = [record for record in map(json.loads, handle) if record["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(isinstance(r["val_collapsed"], bool) for r in epochs)
     with open(os.path.join(uninterrupted, "eval.json"), encoding="utf-8") as handle:
         assert json.load(handle)["per_class_accuracy"] == report["per_class_accuracy"]
     for name in ("class_accuracy.png", "class_calibration.png", "confusion_matrix.png", "decoupling_grid.png"):
