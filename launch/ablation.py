@@ -33,7 +33,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flax_fld import metrics
@@ -269,6 +269,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     command = "python " + " ".join(sys.argv)
+    # Orbax and TFDS log every file operation at INFO; the run headers and progress lines are what matter.
+    logging.set_verbosity(logging.WARNING)
     results = run_ablation(_CONFIG.value, _WORKDIR.value, command=command)
     print(format_ablation_table(results))
     print(f"wrote {os.path.join(_WORKDIR.value, 'ablation.md')} and ablation.json")

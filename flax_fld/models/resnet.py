@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_fld.models.small_map_conv import SmallMapConv
+
 # torchvision's BatchNorm2d defaults: momentum 0.1 (= flax decay 0.9), epsilon 1e-5.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
@@ -91,9 +93,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(BatchNorm, use_running_average=not train)
-        residual = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
+        # SmallMapConv: nn.Conv's result, without XLA's slow CPU path on the last stages' 2x2 maps.
+        residual = SmallMapConv(self.filters, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
         residual = nn.relu(norm(name="bn1")(residual))
-        residual = nn.Conv(self.filters, (3, 3), padding=1, use_bias=False, name="conv2")(residual)
+        residual = SmallMapConv(self.filters, (3, 3), padding=1, use_bias=False, name="conv2")(residual)
         residual = norm(name="bn2")(residual)
         if self.attention == "se":
             residual = SqueezeExcitation(self.reduction, name="se")(residual)
@@ -104,7 +107,7 @@ class BasicBlock(nn.Module):
 
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.filters:
-            shortcut = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, name="downsample_conv")(x)
+            shortcut = SmallMapConv(self.filters, (1, 1), self.strides, use_bias=False, name="downsample_conv")(x)
             shortcut = norm(name="downsample_bn")(shortcut)
         return nn.relu(residual + shortcut)
 
