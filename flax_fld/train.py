@@ -28,7 +28,7 @@ import optax
 from jax import lax
 
 from flax_fld import attack, calibration, checkpointing, evaluate, input_pipeline, losses, metric_writers, plots
-from flax_fld import weight_averaging
+from flax_fld import config_validation, weight_averaging
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState, current_learning_rate
 
@@ -342,12 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints_best/, eval.json, plots/} and prints progress and the paper-style table.
     Returns the eval.json content (test split, best checkpoint).
     """
-    needs_robust = config.train.weight_averaging == "fawa" or str(config.train.best_metric).startswith("robust_")
-    if needs_robust and not config.train.validate_robust:
-        raise ValueError(
-            f"config.train.weight_averaging={config.train.weight_averaging!r} / best_metric="
-            f"{config.train.best_metric!r} need robust validation: set config.train.validate_robust=True"
-        )
+    config_validation.validate_config(config)  # before any data preparation or compilation
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0

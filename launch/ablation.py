@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flax_fld import metrics
+from flax_fld import config_files, metrics
 
 ROW_SUFFIXES = {"baseline": "", "icfdnet": "+ICFDNet", "icfdnet_at": "+ICFDNet+AT"}
 LINEAR_METHOD = "Linear floor (logistic regression, raw pixels)"
@@ -278,6 +278,9 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so tests can import this module next to other launchers.
-    _CONFIG = config_flags.DEFINE_config_file("config", "configs/ablation.py", "Ablation config file.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and ablation.md/json.", required=True)
-    app.run(main)
+    # No default file: with one, config_flags applies the overrides while defining the flag, before
+    # run_main could turn a misspelt key into one line.
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation config file (configs/ablation.py).")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and ablation.md/json.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    config_files.run_main(main)

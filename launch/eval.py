@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from flax_fld import config_files
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch/train.py.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint slot (best falls back to latest).")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
@@ -36,4 +38,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_files.run_main(main)

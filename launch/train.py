@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from flax_fld import config_files
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/default.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots, eval.json.")
 _MULTIHOST = flags.DEFINE_bool(
@@ -55,4 +57,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_files.run_main(main)

@@ -1,0 +1,76 @@
+"""Config validation (flax_fld/config_validation.py) and one-line errors for bad --config overrides."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flax_fld import config_validation
+from flax_fld.config_files import load_sibling_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(name="default.py"):
+    return load_sibling_config(os.path.join(REPO, "configs", "x.py"), name)
+
+
+@pytest.mark.parametrize("name", ["default.py", "tiny.py", "paper.py", "ablation.py"])
+def test_shipped_configs_are_valid(name):
+    config_validation.validate_config(config(name))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("adv.epsilon", -0.1, r"config.adv.epsilon=-0.1: expected a finite number in \(0, 1\]"),
+    ("adv.beta", float("nan"), r"config.adv.beta=nan: expected a finite number in \[0, inf\)"),
+    ("adv.num_steps", 0, r"config.adv.num_steps=0: expected an integer in \[1, inf\)"),
+    ("adv.start_epoch", -1, r"config.adv.start_epoch=-1: expected an integer in \[0, inf\)"),
+    ("optim.learning_rate", float("inf"), "config.optim.learning_rate=inf"),
+    ("optim.momentum", 1.0, r"config.optim.momentum=1.0: expected a finite number in \[0, 1\)"),
+    ("loss.l3", 0.0, "config.loss.l3=0.0"),
+    ("data.image_size", 16, r"config.data.image_size=16: expected an integer in \[32, inf\)"),
+    ("data.channels", 2, r"config.data.channels=2: expected one of \(1, 3\)"),
+    ("model.classifier", "resnet19", "config.model.classifier='resnet19': expected one of"),
+    ("model.icfdnet_norm", "layer", "config.model.icfdnet_norm='layer'"),
+    ("train.best_metric", "f1", "config.train.best_metric='f1'"),
+    ("train.ema_decay", 1.0, "config.train.ema_decay=1.0"),
+])
+def test_bad_values_are_refused_with_key_value_and_range(key, value, message):
+    bad = config()
+    section, field = key.split(".")
+    with bad.unlocked():
+        bad[section][field] = value
+    with pytest.raises(ValueError, match=message):
+        config_validation.validate_config(bad)
+
+
+def test_class_names_and_robust_consistency():
+    bad = config()
+    bad.data.class_names = ("normal", "normal")
+    with pytest.raises(ValueError, match="distinct"):
+        config_validation.validate_config(bad)
+    bad = config()
+    bad.train.weight_averaging = "fawa"
+    with pytest.raises(ValueError, match="validate_robust=True"):
+        config_validation.validate_config(bad)
+
+
+def test_a_key_missing_from_an_older_config_is_skipped():
+    older = config()
+    del older.adv["start_epoch"]
+    config_validation.validate_config(older)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.adv.epsilonn=0.1", 'bad config override (\'epsilonn\' Did you mean "epsilon" instead of "epsilonn"?)'),
+    ("--config.adv.epsilon=-0.1", "error: config.adv.epsilon=-0.1: expected a finite number in (0, 1]"),
+])
+def test_launch_train_refuses_bad_overrides_in_one_line(tmp_path, override, expected):
+    result = subprocess.run(
+        [sys.executable, "launch/train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", override],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert expected in last and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "tfds_data")  # refused before any data preparation
