@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
     # balanced accuracy, then average (evaluate.selection_key). worst_class, as in configs/ablation.py, so
     # that the demo is the ablation's +ICFDNet+AT run for seed 0.
     train.best_metric = "worst_class"
+    # Re-running a workdir resumes it; a run-defining setting that differs from WORKDIR/config.json stops the
+    # run with the list of differences unless this is True (checkpointing.RESUMABLE_KEYS may always change).
+    train.resume_with_changes = False
     train.async_checkpointing = True  # Write checkpoints in a background thread while training continues.
     train.plot_every_epochs = 1  # Redraw WORKDIR/plots/class_*.png every N epochs (0: only at the end).
     train.num_grid_examples = 8  # Test images shown in WORKDIR/plots/decoupling_grid.png.

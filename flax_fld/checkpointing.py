@@ -138,3 +138,44 @@ def read_run_files(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
         with open(info_path, encoding="utf-8") as handle:
             info = json.load(handle)
     return config, info
+
+
+# Settings that may differ when a workdir is resumed: how long to train (the schedule stretches with it, so
+# the result is no longer the shorter run's), logging, plotting, checkpoint bookkeeping and evaluation.
+RESUMABLE_KEYS = (
+    "train.num_epochs", "train.log_every_steps", "train.plot_every_epochs", "train.checkpoint_every_epochs",
+    "train.keep_checkpoints", "train.async_checkpointing", "train.num_grid_examples", "train.eval_batch_size",
+    "train.resume_with_changes", "data.data_dir", "adv.eval_epsilon", "adv.eval_steps", "adv.eval_step_size",
+    "adv.eval_through_decouplers",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """``KEY: old -> new`` for every run-defining setting in which ``config`` differs from WORKDIR/config.json.
+
+    Empty when the workdir has no config.json or no periodic checkpoint yet (nothing to resume), or when only
+    ``RESUMABLE_KEYS`` differ.
+    """
+    path = os.path.join(workdir, CONFIG_FILENAME)
+    periodic = os.path.join(workdir, PERIODIC_DIRNAME)
+    has_checkpoint = os.path.isdir(periodic) and any(name.isdigit() for name in os.listdir(periodic))
+    if not (os.path.exists(path) and has_checkpoint):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        old = _flatten(json.load(handle))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUMABLE_KEYS or old.get(key, "<unset>") == new.get(key, "<unset>"):
+            continue
+        changes.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    return changes

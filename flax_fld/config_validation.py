@@ -108,6 +108,7 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "train.validate_robust": _boolean,
     "train.best_metric": _one_of(BEST_METRICS),
     "train.async_checkpointing": _boolean,
+    "train.resume_with_changes": _boolean,
     "train.plot_every_epochs": NON_NEGATIVE_INT,
     "train.num_grid_examples": NON_NEGATIVE_INT,
 }

@@ -344,6 +344,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     config_validation.validate_config(config)  # before any data preparation or compilation
     workdir = os.path.abspath(workdir)
+    changes = checkpointing.config_changes(workdir, config)
+    if changes and not config.train.get("resume_with_changes", False):
+        raise ValueError(
+            f"{workdir} holds a run trained with other settings ({'; '.join(changes)}): use a new --workdir to "
+            "start fresh, or add --config.train.resume_with_changes=True to continue it with the new settings")
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     data_dir = resolve_data_dir(config, workdir)

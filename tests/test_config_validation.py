@@ -74,3 +74,23 @@ def test_launch_train_refuses_bad_overrides_in_one_line(tmp_path, override, expe
     last = result.stderr.strip().splitlines()[-1]
     assert expected in last and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "tfds_data")  # refused before any data preparation
+
+
+def test_resume_with_other_settings_lists_the_changed_keys(tmp_path):
+    from flax_fld import checkpointing, train
+
+    run = config("tiny.py")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(run.to_json_best_effort())
+    assert checkpointing.config_changes(str(workdir), run) == []  # no checkpoint yet: nothing to resume
+    (workdir / "checkpoints" / "12").mkdir(parents=True)
+    changed = config("tiny.py")
+    changed.data.image_size = 48
+    changed.model.classifier = "resnet18"
+    changed.train.num_epochs = 9  # may change on a resume
+    assert checkpointing.config_changes(str(workdir), changed) == [
+        "data.image_size: 32 -> 48", "model.classifier: 'squeezenet1_1' -> 'resnet18'"]
+    with pytest.raises(ValueError, match=r"other settings \(data.image_size: 32 -> 48; model.classifier"):
+        train.train_and_evaluate(changed, str(workdir))
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json"]  # nothing written, nothing prepared
