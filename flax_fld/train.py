@@ -420,7 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 state = state.replace(average_enabled=replicate(jnp.asarray(gate)))
                 record["fawa_averaging"] = int(gate)
             value = evaluate.selection_key(validation, str(config.train.best_metric))
-            is_best = meta["best_value"] is None or value > list(meta["best_value"])
+            previous = meta["best_value"]  # a single number in checkpoints written before the tie-breakers
+            is_best = previous is None or value > (list(previous) if isinstance(previous, list) else [previous])
             if is_best:
                 meta = {"best_value": value, "best_epoch": epoch + 1}
             record.update(best_metric_value=value[0], best_epoch=meta["best_epoch"])
