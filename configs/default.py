@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.squeezenet_batch_norm = True
     # batch | group: normalization inside IC1/IC2. group has no batch statistics, so the features the
     # classifier trains on (train mode) and is evaluated and attacked on (eval mode) are the same; it is
-    # also 1.6x faster than BatchNorm in the decouplers' backward pass on CPU.
+    # also faster than BatchNorm in the decouplers on CPU (issue 9 note).
     model.icfdnet_norm = "group"
     model.standardize_features = True  # Standardise Feat1/Feat2 per image and channel before concatenation.
     model.detach_features = False  # True: the classifier's loss does not update IC1/IC2 (only Ls, Lc do).

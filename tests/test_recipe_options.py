@@ -140,7 +140,7 @@ class StartEpochTest(chex.TestCase):
         # Epsilon is calibrated from the start: only the robust term's weight waits.
         np.testing.assert_allclose(after_first.class_epsilon, (adv.sigma + acc) * adv.epsilon, rtol=1e-6)
 
-    def test_initial_state_starts_clean_only_when_asked(self):
+    def test_adversarial_weight_is_on_from_start_epoch(self):
         config = _default_config()
         config.adv.start_epoch = 3
         on = train.adversarial_weight_on(config.adv, jnp.int32(0))
