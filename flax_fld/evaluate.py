@@ -211,7 +211,8 @@ def collapse_warning(report: dict) -> str:
 
 
 def unsettled_classes(class_curves: list[list[float]], class_names: list[str], last: int = 3) -> list[str]:
-    """Classes whose validation accuracy falls from >= 50 % to 0 between two of the last ``last`` epochs.
+    """Classes whose validation accuracy is 0 in one of the last ``last`` epochs after >= 50 % in an earlier one
+    of them.
 
     ``class_curves``: per epoch, the per-class validation accuracies in percent (``val_clean_class_acc`` of
     metrics.jsonl). A class that swings like that means the chosen epoch is luck, not a trained model.
@@ -219,7 +220,9 @@ def unsettled_classes(class_curves: list[list[float]], class_names: list[str], l
     window = np.asarray(class_curves[-last:], np.float64)
     if len(window) < 2:
         return []
-    falls = (window[:-1] >= 50.0) & (window[1:] == 0.0)
+    # Highest accuracy before each epoch of the window, so 60 -> 30 -> 0 counts as a fall, not only 60 -> 0.
+    best_before = np.maximum.accumulate(window, axis=0)[:-1]
+    falls = (best_before >= 50.0) & (window[1:] == 0.0)
     return [name for name, fell in zip(class_names, falls.any(axis=0)) if fell]
 
 

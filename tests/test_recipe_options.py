@@ -184,3 +184,5 @@ def test_unsettled_classes_are_those_falling_from_half_to_zero_late():
     assert evaluate.unsettled_classes(curves, ["a", "b", "c", "d"]) == ["a", "c"]
     assert evaluate.unsettled_classes(curves, ["a", "b", "c", "d"], last=2) == ["c"]
     assert evaluate.unsettled_classes(curves[:1], ["a", "b", "c", "d"]) == []
+    # A fall over two epochs (60 -> 30 -> 0) counts too.
+    assert evaluate.unsettled_classes([[60.0], [30.0], [0.0]], ["a"]) == ["a"]
