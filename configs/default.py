@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.icfdnet_norm = "group"
     model.standardize_features = True  # Standardise Feat1/Feat2 per image and channel before concatenation.
     model.detach_features = False  # True: the classifier's loss does not update IC1/IC2 (only Ls, Lc do).
+    # Path of a torchvision ImageNet state_dict (.pth, or .npz) to start the classifier from (resnet18 family,
+    # or squeezenet1_1 with squeezenet_batch_norm=False); "" trains from scratch (flax_fld/pretrained.py).
+    model.init_from = ""
 
     config.adv = adv = ml_collections.ConfigDict()
     adv.enabled = True  # Adversarial training on/off (the "+AT" column of Table 2).

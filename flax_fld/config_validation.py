@@ -6,11 +6,12 @@ would otherwise train for an hour and exit 0, or fail only after compiling.
 """
 
 import math
+import os
 from collections.abc import Callable
 
 import ml_collections
 
-from flax_fld import color, datasets, weight_averaging
+from flax_fld import color, datasets, pretrained, weight_averaging
 from flax_fld.models import registry
 from flax_fld.models.icfdnet import ICFDNET_PRESETS, NORMS
 from flax_fld.models.vit import VIT_PRESETS
@@ -70,6 +71,8 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "model.icfdnet_norm": _one_of(NORMS),
     "model.standardize_features": _boolean,
     "model.detach_features": _boolean,
+    "model.init_from": lambda value: "" if isinstance(value, str) and (not value or os.path.isfile(value)) else (
+        "'' or the path of an existing torchvision .pth/.npz file"),
     "adv.enabled": _boolean,
     "adv.calibration": _one_of(("adaptive", "fixed")),
     "adv.epsilon": _number(0, 1, low_open=True),
@@ -138,6 +141,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     names = tuple(config.data.class_names)
     if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"config.data.class_names={names!r}: expected two or more distinct, non-empty names")
+    init_from = config.model.get("init_from", "")
+    if init_from and config.model.classifier not in pretrained.SUPPORTED:
+        raise ValueError(f"config.model.init_from={init_from!r}: classifier {config.model.classifier!r} has no "
+                         f"torchvision counterpart; expected one of {pretrained.SUPPORTED}")
+    if init_from and config.model.classifier == "squeezenet1_1" and config.model.get("squeezenet_batch_norm"):
+        raise ValueError(f"config.model.init_from={init_from!r}: torchvision's SqueezeNet has no BatchNorm; "
+                         "set config.model.squeezenet_batch_norm=False")
     robust_needed = config.train.weight_averaging == "fawa" or str(config.train.best_metric).startswith("robust_")
     if robust_needed and not config.train.validate_robust:
         raise ValueError(

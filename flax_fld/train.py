@@ -28,7 +28,7 @@ import optax
 from jax import lax
 
 from flax_fld import attack, calibration, checkpointing, evaluate, input_pipeline, losses, metric_writers, plots
-from flax_fld import config_validation, weight_averaging
+from flax_fld import config_validation, pretrained, weight_averaging
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState, current_learning_rate
 
@@ -111,6 +111,19 @@ def adversarial_weight_on(adv_config: ml_collections.ConfigDict, epoch: jax.Arra
     return epoch >= int(adv_config.get("start_epoch", 0))
 
 
+def start_classifier_from(model_config: ml_collections.ConfigDict, variables: dict) -> dict:
+    """``variables`` with the classifier's replaced by the torchvision checkpoint ``model.init_from``."""
+    state_dict = pretrained.load_state_dict(model_config.init_from)
+    classifier = {"params": variables["params"]["classifier"],
+                  "batch_stats": variables.get("batch_stats", {}).get("classifier", {})}
+    loaded, fresh = pretrained.torchvision_params(state_dict, model_config.classifier, classifier)
+    if jax.process_index() == 0:
+        print(f"classifier started from {model_config.init_from}; freshly initialised: "
+              f"{', '.join(fresh) or 'nothing'}", flush=True)
+    return {"params": {**variables["params"], "classifier": loaded["params"]},
+            "batch_stats": {**variables.get("batch_stats", {}), "classifier": loaded["batch_stats"]}}
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: fld.FLDModel,
@@ -126,6 +139,8 @@ def create_train_state(
         rng = jax.random.wrap_key_data(rng)
     init_key, state_key = jax.random.split(rng)
     variables = fld.init_variables(model, init_key, tuple(image_shape))
+    if config.model.get("init_from", ""):
+        variables = start_classifier_from(config.model, variables)
     epsilon, beta = uniform_class_values(config.adv, model.num_classes)
     beta = jnp.where(adversarial_weight_on(config.adv, jnp.int32(0)), beta, 0.0)
     # The previous accuracy a class keeps until it is first seen; 1 - sigma makes Eq. 1 give epsilon itself.
