@@ -1,6 +1,5 @@
 """Tests for the five classifiers of Table 1 (flax_fld/models/{resnet,squeezenet,vit}.py)."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,24 +124,3 @@ def test_vit_rejects_an_image_size_other_than_its_init_size():
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     with pytest.raises(ValueError, match="position embedding"):
         jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 64, 64, 3)), train=False), variables)
-
-
-@pytest.mark.parametrize("size, channels_in, features, strides, kernel, padding", [
-    (2, 16, 8, 1, 3, 1),  # the 2x2 last stage: patches + matmul
-    (4, 8, 8, 2, 3, 1),  # stride 2 onto a 2x2 output: patches + matmul
-    (4, 8, 6, 2, 1, 0),  # the 1x1 downsample shortcut
-    (8, 4, 8, 1, 3, 1),  # larger maps keep lax.conv_general_dilated
-])
-def test_small_map_conv_equals_nn_conv_in_values_and_gradients(size, channels_in, features, strides, kernel,
-                                                               padding):
-    import flax.linen as nn
-    from flax_fld.models.small_map_conv import SmallMapConv
-
-    x = jax.random.normal(jax.random.key(0), (3, size, size, channels_in))
-    reference = nn.Conv(features, (kernel, kernel), strides, padding=padding)
-    ours = SmallMapConv(features, (kernel, kernel), strides, padding=padding)
-    variables = reference.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
-    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
-    grad = lambda module: jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))  # noqa: E731
-    chex.assert_trees_all_close(grad(ours)(variables, x), grad(reference)(variables, x), rtol=1e-4, atol=1e-4)

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_fld.models import pooling
+
 ICFDNET_PRESETS: dict[str, dict[str, Any]] = {
     # Tests: forward+backward at 32 px in a fraction of a second on one CPU core.
     "tiny": dict(widths=(8, 16), block_depths=(2, 1), num_heads=2, attn_max_tokens=16),
@@ -206,7 +208,7 @@ class ICFDNet(nn.Module):
         h = x
         for level in range(len(self.widths)):
             if level > 0:
-                h = nn.max_pool(h, (2, 2), (2, 2), padding="SAME")
+                h = pooling.max_pool(h, (2, 2), (2, 2), [pooling.same_pads(n, 2, 2) for n in h.shape[1:3]])
                 # Multi-level pooling: the raw image at this stage's scale rejoins the deep features.
                 scale = 2**level
                 pooled_image = nn.avg_pool(image, (scale, scale), (scale, scale), padding="SAME",

@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_fld.models.small_map_conv import SmallMapConv
+from flax_fld.models import pooling
+from flax_fld.models.conv import Conv
 
 # torchvision's BatchNorm2d defaults: momentum 0.1 (= flax decay 0.9), epsilon 1e-5.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
@@ -93,10 +94,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(BatchNorm, use_running_average=not train)
-        # SmallMapConv: nn.Conv's result, without XLA's slow CPU path on the last stages' 2x2 maps.
-        residual = SmallMapConv(self.filters, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
+        # conv.Conv: nn.Conv's result, without XLA's slow CPU path on the last stages' 2x2 maps.
+        residual = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
         residual = nn.relu(norm(name="bn1")(residual))
-        residual = SmallMapConv(self.filters, (3, 3), padding=1, use_bias=False, name="conv2")(residual)
+        residual = Conv(self.filters, (3, 3), padding=1, use_bias=False, name="conv2")(residual)
         residual = norm(name="bn2")(residual)
         if self.attention == "se":
             residual = SqueezeExcitation(self.reduction, name="se")(residual)
@@ -107,7 +108,7 @@ class BasicBlock(nn.Module):
 
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.filters:
-            shortcut = SmallMapConv(self.filters, (1, 1), self.strides, use_bias=False, name="downsample_conv")(x)
+            shortcut = Conv(self.filters, (1, 1), self.strides, use_bias=False, name="downsample_conv")(x)
             shortcut = norm(name="downsample_bn")(shortcut)
         return nn.relu(residual + shortcut)
 
@@ -135,7 +136,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1

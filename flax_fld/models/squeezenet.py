@@ -10,12 +10,13 @@ network without it reaches ~60% validation accuracy in four epochs). The scores 
 NHWC in, logits [B, K] out.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from flax_fld.models import pooling
 
 # torchvision's init: kaiming_uniform_ on every convolution (keeps activation scale through the ReLU stack;
 # flax's default lecun_normal shrinks it ~sqrt(2) per layer), N(0, 0.01) on the classifier convolution.
@@ -26,14 +27,10 @@ _classifier_init = nn.initializers.normal(stddev=0.01)
 def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
     """Max-pool [B,H,W,C] -> [B,ceil((H-window)/stride)+1,...,C], like torch's `ceil_mode=True`.
 
-    The extra bottom/right window is padded with -inf (flax pads with the reduction's identity), so it
-    only sees real pixels.
+    The extra bottom/right window is padded with -inf, so it only sees real pixels.
     """
-    pads = []
-    for size in x.shape[1:3]:
-        out = math.ceil(max(size - window, 0) / stride) + 1
-        pads.append((0, max(0, (out - 1) * stride + window - size)))
-    return nn.max_pool(x, (window, window), (stride, stride), padding=tuple(pads))
+    pads = [pooling.ceil_mode_pads(size, window, stride) for size in x.shape[1:3]]
+    return pooling.max_pool(x, (window, window), (stride, stride), pads)
 
 
 class ConvReLU(nn.Module):

@@ -1,0 +1,58 @@
+"""conv.Conv and pooling.max_pool compute what nn.Conv and nn.max_pool compute, in values and gradients."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_fld.models import conv, pooling
+
+
+@pytest.mark.parametrize("size, channels_in, features, strides, kernel, padding, dilation", [
+    (2, 16, 8, 1, 3, 1, 1),  # ResNet's 2x2 last stage: the matrix-product forms
+    (4, 8, 8, 2, 3, 1, 1),  # stride 2 onto a 2x2 output
+    (4, 8, 6, 2, 1, 0, 1),  # the 1x1 downsample shortcut onto 2x2
+    (3, 4, 5, 1, 3, "SAME", 1),  # odd map, SAME
+    (5, 4, 5, 2, 3, "VALID", 1),  # stride 2, VALID onto 2x2
+    (2, 4, 3, 1, 3, 2, 2),  # dilated kernel on a tiny map
+    (8, 4, 8, 1, 3, 1, 1),  # larger maps keep lax.conv_general_dilated
+    (9, 3, 4, 2, 3, "VALID", 1),
+])
+def test_conv_equals_nn_conv_in_values_and_gradients(size, channels_in, features, strides, kernel, padding,
+                                                    dilation):
+    x = jax.random.normal(jax.random.key(0), (3, size, size, channels_in))
+    reference = nn.Conv(features, (kernel, kernel), strides, padding=padding, kernel_dilation=dilation)
+    ours = conv.Conv(features, (kernel, kernel), strides, padding=padding, kernel_dilation=dilation)
+    variables = reference.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
+    grad = lambda module: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1)))  # noqa: E731
+    chex.assert_trees_all_close(grad(ours)(variables, x), grad(reference)(variables, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, window, strides, pads", [
+    ((2, 31, 31, 3), (3, 3), (2, 2), ((0, 0), (0, 0))),
+    ((2, 32, 30, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool
+    ((2, 15, 15, 2), (3, 3), (2, 2), ((0, 1), (0, 1))),  # SqueezeNet's ceil-mode pool
+    ((2, 7, 8, 2), (2, 2), (2, 2), ((0, 1), (0, 0))),  # ICFDNet's SAME pool on an odd map
+    ((1, 9, 9, 1), (3, 2), (1, 3), ((2, 0), (0, 1))),
+])
+def test_max_pool_equals_nn_max_pool_in_values_and_gradients(shape, window, strides, pads):
+    # Normal samples: no ties for the maximum, where the two gradients may split differently (pooling.py).
+    x = jax.random.normal(jax.random.key(0), shape)
+    reference = lambda x: nn.max_pool(x, window, strides, padding=pads)  # noqa: E731
+    ours = lambda x: pooling.max_pool(x, window, strides, pads)  # noqa: E731
+    np.testing.assert_array_equal(jax.jit(ours)(x), reference(x))
+    weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+    grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))  # noqa: E731
+    np.testing.assert_allclose(grad(ours)(x), grad(reference)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("size, window, stride", [(31, 3, 2), (32, 3, 2), (7, 2, 2), (8, 2, 2), (1, 3, 2)])
+def test_padding_helpers_give_the_documented_output_sizes(size, window, stride):
+    before, after = pooling.same_pads(size, window, stride)
+    assert (size + before + after - window) // stride + 1 == -(-size // stride)
+    _, extra = pooling.ceil_mode_pads(size, window, stride)
+    assert (size + extra - window) // stride + 1 == -(-max(size - window, 0) // stride) + 1
