@@ -68,6 +68,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Robust evaluation threat model: True perturbs the input image seen by IC1, IC2 and the colour transform
     # (an attacker only controls the image); False holds the decoupled features fixed as in training (Fig. 2).
     adv.eval_through_decouplers = True
+    # launch/eval.py --robust=strong (flax_fld/robust_eval.py): per-example worst case of PGD-CE and an
+    # APGD-style attack (flax_fld/strong_attack.py) at adv.eval_epsilon, under the threat model above.
+    adv.strong_pgd_steps = 20  # PGD-CE steps of that evaluation (PGD-20, step adv.eval_step_size).
+    # Steps of each strong-attack run (APGD uses 100; with 20 the CPU demo's test split takes ~30 minutes).
+    adv.strong_steps = 20
+    adv.strong_restarts = 1  # Random restarts of each untargeted loss (CE and DLR), from random points of the ball.
+    adv.strong_targets = 3  # Targeted-DLR runs, one per most likely wrong class (at most classes - 1).
+    adv.strong_sanity_epsilon = 64 / 255  # Radius of the check that a working attack breaks nearly every image.
+    adv.strong_sanity_examples = 64  # Test examples (the first evaluation batches) that this check attacks.
+    adv.strong_sanity_max_accuracy = 10.0  # Percent: more strong-attack accuracy at that radius is a warning.
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.l1 = 1.0  # lambda_1: weight of Lc, IC2's reconstruction (Eq. 4).

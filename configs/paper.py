@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.adv.beta = 6.0  # TRADES' default regularization strength.
     config.adv.eval_steps = 20  # PGD-20, the standard robust evaluation (TRADES, CFA).
     config.adv.eval_step_size = 2 / 255  # PGD-20 step (TRADES/CFA).
+    config.adv.strong_steps = 100  # APGD's 100 steps per run (AutoAttack's standard version).
+    config.adv.strong_restarts = 2  # Two random starts per untargeted loss: 4 untargeted + 3 targeted runs.
     config.optim.name = "sgd"  # TRADES/CFA train with momentum SGD.
     config.optim.learning_rate = 0.01  # Fine-tuning-size step for a ~1000-image set (TRADES uses 0.1 on CIFAR).
     config.optim.weight_decay = 5e-4  # TRADES/CFA weight decay.
