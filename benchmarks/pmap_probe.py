@@ -1,0 +1,44 @@
+"""One pmapped FLD + TRADES step timed on this process's devices (set by XLA_FLAGS); prints one JSON line.
+
+Run by ``side_by_side.pmap_scaling`` with --xla_force_host_platform_device_count=N, at a fixed global batch.
+"""
+
+import argparse
+import json
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from benchmarks import jax_steps, timing
+from benchmarks.side_by_side import step_config
+from flax_fld.config_files import load_sibling_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--global_batch", type=int, required=True)
+    parser.add_argument("--attack_steps", type=int, required=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--params_out", required=True)
+    args = parser.parse_args()
+    devices = jax.local_device_count()
+    if args.global_batch % devices:
+        raise SystemExit(f"pmap_probe: global batch {args.global_batch} does not split over {devices} devices")
+    config = step_config(load_sibling_config("configs/default.py"), "squeezenet1_1", "FLD + TRADES step",
+                         args.attack_steps)
+    config.train.per_device_batch_size = args.global_batch // devices
+    # The same global batch for every device count: draw it whole, then split it over the devices.
+    whole = jax_steps.random_batch(config, (args.global_batch,))
+    batch = {name: value.reshape(devices, -1, *value.shape[1:]) for name, value in whole.items()}
+    contender, holder = jax_steps.train_step(config, batch=batch, keep_state=True)
+    timed = timing.alternate({"step": contender.call}, warmup=2, rounds=args.rounds)
+    params = traverse_util.flatten_dict(jax.device_get(holder["state"].params), sep="/")
+    np.savez(args.params_out, **{name: np.asarray(value) for name, value in params.items()})
+    print(json.dumps({"devices": devices, "per-device batch": config.train.per_device_batch_size,
+                      "images_per_s": args.global_batch / timed["step"]["median_s"],
+                      "median_s": timed["step"]["median_s"], "first_s": timed["step"]["first_s"]}))
+
+
+if __name__ == "__main__":
+    main()
