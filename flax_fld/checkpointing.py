@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flax_fld.metric_writers import METRICS_FILENAME
 from flax_fld.train_state import TrainState
 
 PERIODIC_DIRNAME = "checkpoints"
@@ -46,8 +47,11 @@ class Checkpointer:
             raise ValueError(f"config.train.keep_checkpoints={keep}; must be >= 1")
 
         def manager(dirname: str, max_to_keep: int) -> ocp.CheckpointManager:
+            # A run killed during a save leaves a "<step>.orbax-checkpoint-tmp" folder: orbax never lists it as
+            # a step, and cleanup_tmp_directories removes it when the run is resumed.
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
             )
             return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), dirname), options=options)
 
@@ -61,6 +65,10 @@ class Checkpointer:
         # A private copy: the caller donates the state to the next step while the save may still be running.
         tree = jax.tree.map(lambda array: array.copy(), _to_savable(state))
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+        if not best:
+            # Each manager commits in its own thread: without this wait a crash could leave the epoch's periodic
+            # checkpoint committed and its best one not, and the resumed run would report the older best epoch.
+            self.best.wait_until_finished()
         if step in manager.all_steps():
             # A re-run after a crash between the two saves of an epoch writes the same step again.
             manager.wait_until_finished()
@@ -76,7 +84,9 @@ class Checkpointer:
         """Restores the newest checkpoint of slot ``which`` into the structure of ``template``.
 
         Returns ``(state, meta)`` or None when the slot is empty. Arrays come back with the shardings of
-        ``template`` (single device for a freshly created state).
+        ``template`` (single device for a freshly created state). A checkpoint that cannot be read (truncated or
+        corrupt files) raises ValueError naming its folder: it is never skipped silently, since falling back
+        to an older one would quietly redo epochs.
         """
         step = self.latest_step(which)
         if step is None:
@@ -84,8 +94,17 @@ class Checkpointer:
         target = flax.serialization.to_state_dict(template)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        restored = self._manager(which).restore(step, args=args)
-        return flax.serialization.from_state_dict(template, restored["state"]), dict(restored["meta"])
+        manager = self._manager(which)
+        try:
+            restored = manager.restore(step, args=args)
+            state = flax.serialization.from_state_dict(template, restored["state"])
+        except Exception as error:  # tensorstore, json and orbax raise assorted types for damaged files
+            path = os.path.join(str(manager.directory), str(step))
+            reason = " ".join(str(error).split())[:300]
+            raise ValueError(
+                f"checkpoint {path} is unreadable ({type(error).__name__}: {reason}); if its files are damaged, "
+                "delete that folder to resume from the previous checkpoint, else use a new --workdir") from None
+        return state, dict(restored["meta"])
 
     def _manager(self, which: str) -> ocp.CheckpointManager:
         if which not in ("latest", "best"):
@@ -140,13 +159,32 @@ def read_run_files(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
     return config, info
 
 
+def drop_partial_metrics_record(workdir: str) -> None:
+    """Cuts a half-written last line off WORKDIR/metrics.jsonl before a resumed run appends to it.
+
+    A run killed while writing a record leaves a line without its newline; ``metric_writers.read_metrics``
+    skips it while it is the last line, but the resumed run's first record would be glued onto it.
+    """
+    path = os.path.join(workdir, METRICS_FILENAME)
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 # Settings that may differ when a workdir is resumed: how long to train (the schedule stretches with it, so
 # the result is no longer the shorter run's), logging, plotting, checkpoint bookkeeping and evaluation.
 RESUMABLE_KEYS = (
     "train.num_epochs", "train.log_every_steps", "train.plot_every_epochs", "train.checkpoint_every_epochs",
     "train.keep_checkpoints", "train.async_checkpointing", "train.num_grid_examples", "train.eval_batch_size",
     "train.resume_with_changes", "data.data_dir", "adv.eval_epsilon", "adv.eval_steps", "adv.eval_step_size",
-    "adv.eval_through_decouplers",
+    "adv.eval_through_decouplers", "adv.strong_pgd_steps", "adv.strong_steps", "adv.strong_restarts",
+    "adv.strong_targets", "adv.strong_sanity_epsilon", "adv.strong_sanity_examples",
+    "adv.strong_sanity_max_accuracy",
+    # Only a fresh run reads it; a resume takes every weight from the checkpoint.
+    "model.init_from",
 )
 
 

@@ -28,7 +28,7 @@ import optax
 from jax import lax
 
 from flax_fld import attack, calibration, checkpointing, evaluate, input_pipeline, losses, metric_writers, plots
-from flax_fld import config_validation, pretrained, weight_averaging
+from flax_fld import config_validation, distributed, pretrained, weight_averaging
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState, current_learning_rate
 
@@ -367,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     data_dir = resolve_data_dir(config, workdir)
-    info = input_pipeline.prepare_dataset(config.data, data_dir)
+    # Several processes on one file system: process 0 builds the data set, the others then find it ready.
+    info = distributed.main_process_first(lambda: input_pipeline.prepare_dataset(config.data, data_dir))
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     train_iter = input_pipeline.TrainIterator(
         config.data, data_dir, per_device_batch_size=int(config.train.per_device_batch_size),
@@ -393,6 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     p_train_step = parallel_train_step(model, frozen_config)
     p_end_epoch = jitted_end_epoch(frozen_config.adv)
     # One writer for the whole run (process 0); the other hosts only compute.
+    if is_main:
+        checkpointing.drop_partial_metrics_record(workdir)  # a run killed mid-record must not garble the next one
     writer = metric_writers.MetricWriter(workdir, class_names=info.class_names) if is_main else None
     log_every = max(int(config.train.log_every_steps), 1)
     plot_every = int(config.train.plot_every_epochs)
@@ -467,7 +470,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["method"] = evaluate.method_name(config)
         if is_main:
-            curves = [r["val_clean_class_acc"] for r in metric_writers.read_metrics(workdir, "epoch")]
+            # A resumed run logs again the epochs after its checkpoint: the last record of each epoch counts.
+            by_epoch = {r["epoch"]: r["val_clean_class_acc"] for r in metric_writers.read_metrics(workdir, "epoch")}
+            curves = [by_epoch[epoch] for epoch in sorted(by_epoch)]
             report["unsettled_classes"] = evaluate.unsettled_classes(curves, list(info.class_names))
             writer.write("eval", step, {"epoch": num_epochs, "test_average": report["average"],
                                         "test_best_worst": report["best_worst"],

@@ -2,7 +2,10 @@
 
 Re-running the same command resumes from DIR/checkpoints. On a TPU pod slice or several GPU hosts, pass
 ``--multihost`` (or run under a launcher that sets the standard JAX coordinator environment) and the same
-command runs on every host.
+command runs on every host. Several CPU processes on one machine (e.g. 2 x 2 host devices)::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python launch/train.py ... --multihost \
+        --coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I   # I = 0 and 1
 """
 
 import os
@@ -28,13 +31,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def initialize_distributed() -> None:
-    """``jax.distributed.initialize`` when asked by flag or by the standard environment variable."""
-    import jax
-
+    """``distributed.initialize`` when asked by flag or by the standard environment variable."""
     if _MULTIHOST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
-        )
+        from flax_fld import distributed
+
+        try:
+            distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
 
 
 def main(argv: Sequence[str]) -> None:
