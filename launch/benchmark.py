@@ -18,7 +18,8 @@ from benchmarks import report, side_by_side  # noqa: E402  pylint: disable=wrong
 from flax_fld.models import registry  # noqa: E402  pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config of every row.")
-_QUICK = flags.DEFINE_bool("quick", False, "SqueezeNet + ResNet-18, eager torch only, K in (10, 40), 1 and 2 devices.")
+_QUICK = flags.DEFINE_bool("quick", False, "SqueezeNet + ResNet-18, train / TRADES / FLD + TRADES rows, eager torch "
+                           "only, compile K in (10, 40), 1 and 2 devices.")
 _CLASSIFIERS = flags.DEFINE_list("classifiers", [], "Classifiers; empty: all (or the --quick pair).")
 _STEPS = flags.DEFINE_list("steps", list(side_by_side.STEPS), "Rows per classifier.")
 _FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch eager", "torch.compile"], "Contenders.")
@@ -35,13 +36,14 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     classifiers = _CLASSIFIERS.value or (["squeezenet1_1", "resnet18"] if _QUICK.value else list(registry))
     frameworks = _FRAMEWORKS.value if not _QUICK.value else ["jax", "torch eager"]
+    steps = _STEPS.value if not _QUICK.value else ["train step", "TRADES step", "FLD + TRADES step"]
     try:
         import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
         print("PyTorch not installed (pip install torch==2.13.0): measuring JAX only", file=sys.stderr)
         frameworks = ["jax"]
     results = side_by_side.run(
-        _CONFIG.value, classifiers=classifiers, steps=_STEPS.value, frameworks=frameworks,
+        _CONFIG.value, classifiers=classifiers, steps=steps, frameworks=frameworks,
         attack_steps=_ATTACK_STEPS.value,
         compile_ks=[10, 40] if _QUICK.value else [int(k) for k in _COMPILE_KS.value],
         device_counts=[1, 2] if _QUICK.value else [int(n) for n in _DEVICES.value],
