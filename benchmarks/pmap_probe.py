@@ -1,6 +1,7 @@
 """One pmapped FLD + TRADES step timed on this process's devices (set by XLA_FLAGS); prints one JSON line.
 
-Run by ``side_by_side.pmap_scaling`` with --xla_force_host_platform_device_count=N, at a fixed global batch.
+Run by ``side_by_side.pmap_scaling`` with --xla_force_host_platform_device_count=N, at a fixed global batch,
+and by ``side_by_side.compile_times`` with --compile_only (a fresh process: no executable is cached yet).
 """
 
 import argparse
@@ -17,11 +18,18 @@ from flax_fld.config_files import load_sibling_config
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--global_batch", type=int, required=True)
+    parser.add_argument("--global_batch", type=int, default=32)
     parser.add_argument("--attack_steps", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--params_out", required=True)
+    parser.add_argument("--params_out", default="")
+    parser.add_argument("--compile_only", action="store_true")
     args = parser.parse_args()
+    if args.compile_only:
+        jax.config.update("jax_enable_compilation_cache", False)
+        config = step_config(load_sibling_config("configs/default.py"), "squeezenet1_1", "FLD + TRADES step",
+                             args.attack_steps)
+        print(json.dumps({"attack_steps": args.attack_steps, "compile_s": jax_steps.compile_seconds(config)}))
+        return
     devices = jax.local_device_count()
     if args.global_batch % devices:
         raise SystemExit(f"pmap_probe: global batch {args.global_batch} does not split over {devices} devices")

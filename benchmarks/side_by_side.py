@@ -70,12 +70,22 @@ def measure_rows(base: ml_collections.ConfigDict, classifiers: Sequence[str], st
     return rows
 
 
-def compile_times(base: ml_collections.ConfigDict, attack_steps: Sequence[int], log=print) -> dict[int, float]:
-    """Seconds to compile the full FLD + TRADES step (default classifier) for each K, without a cache."""
-    jax.config.update("jax_enable_compilation_cache", False)
+def _probe(arguments: Sequence[str], device_count: int = 1) -> dict:
+    """Runs benchmarks/pmap_probe.py in a fresh process on ``device_count`` forced host devices."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.pmap_probe", *arguments], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode:
+        raise RuntimeError(f"benchmarks.pmap_probe {' '.join(arguments)} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compile_times(attack_steps: Sequence[int], log=print) -> dict[int, float]:
+    """Seconds to compile the FLD + TRADES step of configs/default.py for each K, each in a fresh process without
+    a compilation cache (within one process JAX would reuse the executable of a K already compiled)."""
     seconds = {}
     for k in attack_steps:
-        seconds[k] = jax_steps.compile_seconds(step_config(base, base.model.classifier, "FLD + TRADES step", k))
+        seconds[k] = _probe(["--compile_only", f"--attack_steps={k}"])["compile_s"]
         log(f"compile K={k}: {seconds[k]:.1f} s")
     return seconds
 
@@ -91,14 +101,8 @@ def pmap_scaling(device_counts: Sequence[int], global_batch: int, attack_steps: 
     with tempfile.TemporaryDirectory() as scratch:
         for count in device_counts:
             params_path = os.path.join(scratch, f"params_{count}.npz")
-            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}", JAX_PLATFORMS="cpu")
-            command = [sys.executable, "-m", "benchmarks.pmap_probe", f"--global_batch={global_batch}",
-                       f"--attack_steps={attack_steps}", f"--rounds={rounds}", f"--params_out={params_path}"]
-            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
-                                  check=False)
-            if done.returncode:
-                raise RuntimeError(f"pmap probe on {count} devices failed: {done.stderr.strip()[-500:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result = _probe([f"--global_batch={global_batch}", f"--attack_steps={attack_steps}",
+                             f"--rounds={rounds}", f"--params_out={params_path}"], count)
             with np.load(params_path) as archive:
                 params = {name: archive[name] for name in archive.files}
             reference = reference or params
@@ -125,7 +129,7 @@ def run(base: ml_collections.ConfigDict, *, classifiers: Sequence[str], steps: S
                             "warm-up calls": warmup,
                             "threads": f"torch {os.cpu_count()} (set_num_threads); XLA one per core"}}
     results["rows"] = measure_rows(base, classifiers, steps, frameworks, attack_steps, warmup, rounds, log)
-    results["compile"] = compile_times(base, compile_ks, log) if compile_ks else {}
+    results["compile"] = compile_times(compile_ks, log) if compile_ks else {}
     results["pmap"] = (pmap_scaling(device_counts, base.train.per_device_batch_size, attack_steps, rounds, log)
                        if device_counts else [])
     results["machine"]["load average (1/5/15 min) at end"] = timing.load_average()

@@ -1,0 +1,45 @@
+"""The benchmark harness (benchmarks/timing.py, report.py): alternation, medians and the tables it prints."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # benchmarks/ is a top-level folder, not part of the installed package
+    sys.path.insert(0, REPO)
+from benchmarks import report, timing  # noqa: E402
+
+
+def test_alternate_interleaves_the_contenders_and_reports_medians():
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    results = timing.alternate(calls, warmup=2, rounds=3)
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3  # warm-ups first, then one of each per round
+    for result in results.values():
+        assert len(result["times_s"]) == 3
+        assert min(result["times_s"]) <= result["median_s"] <= max(result["times_s"])
+    with pytest.raises(ValueError, match="rounds=0"):
+        timing.alternate(calls, warmup=1, rounds=0)
+
+
+def test_peak_flops_names_how_it_was_derived():
+    peak, note = timing.peak_flops()
+    assert peak >= 0 and "cores x" in note and "FLOP/cycle" in note
+
+
+def test_report_has_one_row_per_measurement_and_the_ratios():
+    results = {
+        "machine": {"cpu": "test cpu"}, "settings": {"batch": 32}, "peak_flops": 100e9, "peak_note": "n",
+        "rows": [{"classifier": "squeezenet1_1", "step": "TRADES step", "jax": 50.0, "torch eager": 25.0,
+                  "jax first s": 3.0, "jax GFLOP/s": 10.0}],
+        "compile": {10: 20.0, 40: 21.0},
+        "pmap": [{"devices": 1, "per-device batch": 32, "images_per_s": 10.0, "first_s": 5.0,
+                  "max |params - params(N=1)|": 0.0},
+                 {"devices": 2, "per-device batch": 16, "images_per_s": 9.0, "first_s": 6.0,
+                  "max |params - params(N=1)|": 1e-3}],
+    }
+    text = report.markdown(results, "python launch/benchmark.py")
+    assert "| squeezenet1_1 | TRADES step | 50.0 | 25.0 | 2.00x | 10.0 (10.0 %) | 3.0 |" in text
+    assert "| 40 | 21.0 | 1.05x |" in text
+    assert "| 2 | 16 | 9.0 | 6.0 | 1.00e-03 |" in text
