@@ -19,6 +19,7 @@ class Contender(NamedTuple):
     call: Callable[[], Any]
     images_per_call: int
     flops_per_call: Optional[float]
+    compile_s: Optional[float] = None  # trace + lower + compile, when measured apart from the first call
 
 
 def random_batch(config: ml_collections.ConfigDict, leading: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
@@ -57,14 +58,16 @@ def train_step(config: ml_collections.ConfigDict, batch: Optional[dict] = None, 
     if batch is None:
         batch = random_batch(config, (devices, config.train.per_device_batch_size))
     step = train.parallel_train_step(model, ml_collections.FrozenConfigDict(config))
-    flops = _flops(step.lower(state, batch).compile())
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def call():
         holder["state"], metrics = step(holder["state"], batch)
         jax.block_until_ready((holder["state"], metrics))
 
-    contender = Contender(call, devices * config.train.per_device_batch_size, flops)
+    contender = Contender(call, devices * config.train.per_device_batch_size, _flops(compiled), compile_s)
     return (contender, holder) if keep_state else contender
 
 
@@ -74,8 +77,10 @@ def eval_forward(config: ml_collections.ConfigDict, batch_size: int) -> Contende
     variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, jax.local_devices()[0])
     images = jax.device_put(random_batch(config, (batch_size,))["image"])
     forward = jax.jit(lambda v, x: fld.forward(model, v, x, train=False)[0])
-    flops = _flops(forward.lower(variables, images).compile())
-    return Contender(lambda: forward(variables, images).block_until_ready(), batch_size, flops)
+    start = time.perf_counter()
+    compiled = forward.lower(variables, images).compile()
+    compile_s = time.perf_counter() - start
+    return Contender(lambda: forward(variables, images).block_until_ready(), batch_size, _flops(compiled), compile_s)
 
 
 def compile_seconds(config: ml_collections.ConfigDict) -> float:

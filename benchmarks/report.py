@@ -12,9 +12,9 @@ def markdown(results: dict, command: str) -> str:
     if results["rows"]:
         torch_names = [name for name in frameworks if name != "jax"]
         header = ["classifier", "step"] + [f"{name} img/s" for name in frameworks]
-        header += [f"jax / {name}" for name in torch_names] + ["jax GFLOP/s (% of peak)", "jax first call s"]
+        header += [f"jax / {name}" for name in torch_names] + ["jax GFLOP/s (% of peak)", "jax compile s"]
         lines += ["", "Images/s: median over the rounds, the frameworks alternating within each round. "
-                      "First call = trace + compile + run.", "",
+                      "jax compile s: trace + lower + compile of the step, timed apart from the rounds.", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
         for row in results["rows"]:
             cells = [row["classifier"], row["step"]] + [_cell(row.get(name)) for name in frameworks]
@@ -23,7 +23,7 @@ def markdown(results: dict, command: str) -> str:
             gflops = row.get("jax GFLOP/s")
             cells.append(f"{gflops:.1f} ({100 * gflops * 1e9 / results['peak_flops']:.1f} %)"
                          if gflops and results["peak_flops"] else "–")
-            cells.append(_cell(row.get("jax first s")))
+            cells.append(_cell(row.get("jax compile s")))
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Peak used for the % column: {results['peak_flops'] / 1e9:.0f} GFLOP/s = {results['peak_note']}. "
                       "FLOPs per call are XLA's `cost_analysis` of the compiled step."]

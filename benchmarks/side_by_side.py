@@ -62,6 +62,8 @@ def measure_rows(base: ml_collections.ConfigDict, classifiers: Sequence[str], st
             for name, result in timed.items():
                 row[name] = built[name].images_per_call / result["median_s"]
                 row[f"{name} first s"] = result["first_s"]
+            if "jax" in built and built["jax"].compile_s is not None:
+                row["jax compile s"] = built["jax"].compile_s  # the first call then finds it compiled
             flops = built["jax"].flops_per_call if "jax" in built else None
             if flops:
                 row["jax GFLOP/s"] = flops / timed["jax"]["median_s"] / 1e9

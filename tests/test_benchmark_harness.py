@@ -32,7 +32,7 @@ def test_report_has_one_row_per_measurement_and_the_ratios():
     results = {
         "machine": {"cpu": "test cpu"}, "settings": {"batch": 32}, "peak_flops": 100e9, "peak_note": "n",
         "rows": [{"classifier": "squeezenet1_1", "step": "TRADES step", "jax": 50.0, "torch eager": 25.0,
-                  "jax first s": 3.0, "jax GFLOP/s": 10.0}],
+                  "jax compile s": 3.0, "jax GFLOP/s": 10.0}],
         "compile": {10: 20.0, 40: 21.0},
         "pmap": [{"devices": 1, "per-device batch": 32, "images_per_s": 10.0, "first_s": 5.0,
                   "max |params - params(N=1)|": 0.0},
