@@ -10,6 +10,7 @@ same command continue with exactly the batches an uninterrupted run would have s
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import flax
@@ -32,6 +33,18 @@ def _to_savable(state: TrainState) -> dict:
     return tree
 
 
+HALF_WRITTEN_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step folder not yet committed
+
+
+def remove_half_written(directory: str) -> None:
+    """Deletes the uncommitted step folders a killed save left in ``directory`` (process 0 only)."""
+    if jax.process_index() != 0 or not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if HALF_WRITTEN_MARKER in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 class Checkpointer:
     """The run's two orbax ``CheckpointManager``s behind a small interface.
 
@@ -48,12 +61,15 @@ class Checkpointer:
 
         def manager(dirname: str, max_to_keep: int) -> ocp.CheckpointManager:
             # A run killed during a save leaves a "<step>.orbax-checkpoint-tmp" folder: orbax never lists it as
-            # a step, and cleanup_tmp_directories removes it when the run is resumed.
+            # a step. It is removed here, before the manager starts: orbax's own cleanup_tmp_directories runs
+            # in a background thread that may not have finished when the caller looks.
+            directory = os.path.join(os.path.abspath(workdir), dirname)
+            remove_half_written(directory)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
             )
-            return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), dirname), options=options)
+            return ocp.CheckpointManager(directory, options=options)
 
         self.periodic = manager(PERIODIC_DIRNAME, keep)
         self.best = manager(BEST_DIRNAME, 1)

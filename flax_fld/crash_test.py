@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from flax_fld import distributed
+from flax_fld import checkpointing, distributed
 
 CHECKPOINT_DIRS = ("checkpoints", "checkpoints_best")
-TMP_MARKER = ".orbax-checkpoint-tmp"
+TMP_MARKER = checkpointing.HALF_WRITTEN_MARKER
 KINDS = ("delay", "log", "during_write", "after_checkpoint")
 # Seconds between two looks at the log/folders: a write of the tiny preset's checkpoint lasts >= 0.1 s, so
 # 2 ms catches it; the other kinds need less haste and leave the CPU to the run.
