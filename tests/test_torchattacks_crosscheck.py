@@ -1,8 +1,8 @@
 """Our worst-case robust accuracy against attacks nobody here wrote: torchattacks' APGD (CE) and APGD-T (DLR).
 
 The PyTorch twin (benchmarks/) holds the same weights as a small model (Table 2's baseline: colour transform +
-SqueezeNet; the decouplers would only make the CPU test slower, the attack code is the same). torchattacks must not find a per-class robust accuracy more than 1 point
-below ours on the same images. The images are labelled with the model's own clean predictions and the radius
+SqueezeNet; the decouplers would only make the CPU test slower, the attack code is the same). torchattacks
+must not find a per-class robust accuracy more than 1 point below ours on the same images. The images are labelled with the model's own clean predictions and the radius
 is small, and the head's bias is centred on these images' mean logits so that the untrained network predicts
 several classes: robust accuracy is then neither 0 nor 100, and the comparison can fail.
 """

@@ -6,8 +6,9 @@ input gradient (CPU time, `nn.Conv`), where the same arithmetic written as matri
 ~8 ms (issue 10). ``conv2d`` computes exactly ``lax.conv_general_dilated`` and, when the output has at most
 ``MAX_PATCH_POSITIONS`` positions, uses a ``custom_vjp`` whose forward is patches @ kernel and whose input
 gradient is one matrix product per kernel tap. The kernel gradient is JAX's rule for patches @ kernel
-(a matrix product; the attack loop never asks for it, and XLA drops it there). Larger maps keep ``lax.conv_general_dilated`` and its automatic
-transpose, which measured as fast as any rewrite here from 4x4 up. ``Conv`` is ``nn.Conv``'s drop-in (same
+(a matrix product; the attack loop never asks for it, and XLA drops it there). Larger maps keep
+``lax.conv_general_dilated`` and its automatic transpose, which measured as fast as any rewrite here from
+4x4 up. ``Conv`` is ``nn.Conv``'s drop-in (same
 ``kernel``/``bias`` names, shapes and initialisers), so checkpoints and parameter counts do not change.
 NHWC images, HWIO kernels throughout.
 """
