@@ -1,6 +1,6 @@
 """JAX against PyTorch on the same FLD steps, side by side in one run (benchmarks/side_by_side.py).
 
-  python launch/benchmark.py --quick                      # a few minutes: SqueezeNet and ResNet-18
+  python launch/benchmark.py --quick                      # SqueezeNet and ResNet-18 (18.5 min on a loaded 2-core CPU)
   python launch/benchmark.py --out=benchmarks/latest.md   # every classifier, torch.compile, K sweep, pmap 1/2/4
 
 PyTorch is a benchmark extra: pip install torch==2.13.0 (the CPU build; see README). Without it only the
