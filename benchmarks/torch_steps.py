@@ -35,8 +35,8 @@ def eval_forward(config: ml_collections.ConfigDict, batch_size: int, *, compiled
     """The twin's eval-mode forward pass (decouple + classify) without gradients."""
     model = torch_train.build_twin(config, steps_per_epoch=100).model.eval()
     forward = torch.compile(model) if compiled else model
-    images = torch_train.batch_from_numpy(**{"images": random_batch(config, (batch_size,))["image"],
-                                             "labels": random_batch(config, (batch_size,))["label"]})["image"]
+    numpy_batch = random_batch(config, (batch_size,))
+    images = torch_train.batch_from_numpy(numpy_batch["image"], numpy_batch["label"])["image"]
 
     def call():
         with torch.no_grad():

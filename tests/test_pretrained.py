@@ -77,10 +77,12 @@ def test_first_convolution_is_adapted_to_the_channel_count():
     ("squeezenet1_1", {"params/classifier_conv/kernel", "params/classifier_conv/bias"}),
 ])
 def test_a_new_head_keeps_its_initialisation(name, kept_fresh):
-    torchvision_name = name
-    _, variables, fresh = _ours(name, 4, 11, _state_dict(_torchvision_model(torchvision_name)))
+    state_dict = _state_dict(_torchvision_model(name))
+    _, variables, fresh = _ours(name, 4, 11, state_dict)
     assert set(fresh) == kept_fresh
-    assert variables["params"]["stem_conv" if name == "resnet18" else "stem"] is not None
+    stem = variables["params"]["stem_conv"] if name == "resnet18" else variables["params"]["stem"]["conv"]
+    rgb_kernel = state_dict["conv1.weight" if name == "resnet18" else "features.0.weight"]
+    np.testing.assert_allclose(stem["kernel"], pretrained.conv_kernel(rgb_kernel, 11), rtol=1e-6)
 
 
 def test_attention_variants_load_the_backbone_and_keep_their_gates_fresh():
