@@ -1,6 +1,6 @@
 # Two entry points a fresh machine needs (Python 3.11, pip, no GPU):
-#   make demo   set up .venv, train + evaluate on the embedded synthetic data set
-#   make test   set up .venv with the test extra, run the test suite
+#   make demo   set up .venv with the package only, train + evaluate on the embedded synthetic data set
+#   make test   add the test extra (pytest, scikit-learn, CPU PyTorch) to .venv, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,9 +8,15 @@ WORKDIR ?= workdir/demo
 
 .PHONY: demo test setup clean benchmark
 
+# Two stamps in one venv: the demo needs only the package; the tests add pytest, scikit-learn and the CPU
+# build of PyTorch (the twin and the cross-checks), which the demo never downloads.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -19,10 +25,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) launch/train.py --config=configs/default.py --workdir=$(WORKDIR)
 
-test: setup
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-benchmark: setup
+benchmark: $(VENV)/.installed-test
 	$(PY) launch/benchmark.py
 
 clean:

@@ -296,7 +296,7 @@ class StepOutputs(NamedTuple):
 def fld_loss(model: TorchFLD, images: torch.Tensor, labels: torch.Tensor, class_epsilon: torch.Tensor,
              class_beta: torch.Tensor, settings: StepSettings, noise: Optional[torch.Tensor] = None,
              x_adv: Optional[torch.Tensor] = None) -> StepOutputs:
-    """``train_step``'s loss_fn: L = l1 Lc + l2 Ls + l3 Lat (Eq. 4) for images [B,C,H,W], labels [B].
+    """``objective.loss_and_gradients``' loss: L = l1 Lc + l2 Ls + l3 Lat (Eq. 4), images [B,C,H,W], labels [B].
 
     Per-example radius eps_i = class_epsilon[y] (Eq. 1), step step_size * eps_i / epsilon, beta_y =
     class_beta[y] (Eq. 2). Like flax, the attack sees the BatchNorm running statistics from *before* this

@@ -27,8 +27,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from flax_fld import attack, calibration, checkpointing, evaluate, input_pipeline, losses, metric_writers, plots
-from flax_fld import config_validation, distributed, pretrained, weight_averaging
+from flax_fld import calibration, checkpointing, evaluate, input_pipeline, metric_writers, objective
+from flax_fld import config_validation, distributed, epoch_end, pretrained, run_outputs, weight_averaging
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState, current_learning_rate
 
@@ -55,7 +55,8 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(optim_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(optim_config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
     """``adamw`` or ``sgd`` (momentum, L2 via decayed weights) with optional global-norm clipping.
 
     The learning rate is injected (``optax.inject_hyperparams``) so the step can report the value it used.
@@ -160,26 +161,14 @@ def create_train_state(
     )
 
 
-def _merge_stats(old: dict, *updates: dict) -> dict:
-    merged = dict(old)
-    for update in updates:
-        merged.update(update)
-    return merged
-
-
 def train_step(
     state: TrainState, batch: dict, *, model: fld.FLDModel, config: ml_collections.ConfigDict
 ) -> tuple[TrainState, dict]:
     """One minibatch of Algorithm 1 on one device; call under ``pmap(axis_name="batch")``.
 
-    1. Decouple ``x`` with IC1/IC2 (train mode) and build ``x_c = cat(Feat1, Feat2, Y_c(x))``.
-    2. Inner max of Eq. 3 (``attack.trades_pgd``, eval mode as in TRADES) with each example's radius
-       ``class_epsilon[y]`` (Eq. 1) and step size scaled by ``class_epsilon[y] / epsilon``; the decoupled
-       features are held fixed (Fig. 2) unless ``adv.through_decouplers``.
-    3. Eq. 4: ``L = l1 Lc + l2 Ls + l3 Lat`` with Lat of Eq. 3 using ``beta_y = class_beta[y]``
-       (plain cross-entropy on the clean logits when ``adv.enabled`` is False).
-    4. Gradients and BatchNorm statistics averaged over devices, optax update, per-class adversarial hits
-       summed over devices into the epoch counters.
+    ``objective.loss_and_gradients`` decouples, attacks (Eq. 3's inner max with the radii of Eq. 1) and
+    differentiates Eq. 4 on x'; here gradients and BatchNorm statistics are averaged over devices, the
+    optimizer steps, and the per-class adversarial hits are summed into the epoch's counters for Eq. 1/2.
 
     Args:
         state: the replicated TrainState.
@@ -190,92 +179,28 @@ def train_step(
         ``(state, metrics)``; metrics are device-averaged scalars: loss, lc, ls, lat, clean_acc, adv_acc
         (accuracy on x'; on x when adversarial training is off), grad_norm, learning_rate.
     """
-    adv, weights = config.adv, (config.loss.l1, config.loss.l2, config.loss.l3)
     images, labels = batch["image"], batch["label"]
     key, next_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     # Same next_key on every device (the state stays replicated); distinct randomness per device below.
-    key = jax.random.fold_in(key, lax.axis_index(AXIS_NAME))
-    attack_key, dropout_clean, dropout_adv = jax.random.split(key, 3)
-
-    def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats}
-        decoupled, decoupler_stats = fld.decouple(model, variables, images, train=True)
-        x_c = fld.classifier_input(model, images, decoupled)
-        lc = jnp.float32(0.0)
-        if decoupled.x_hat is not None:
-            lc = losses.reconstruction_loss(images, decoupled.x_hat, config.loss.charbonnier_xi)
-        ls = jnp.float32(0.0)
-        if decoupled.class_logits is not None:
-            ls = losses.decoupling_bce(decoupled.class_logits, labels)
-        # The classifier sees the IC statistics of this batch in its own variables dict.
-        variables = {"params": params, "batch_stats": _merge_stats(state.batch_stats, decoupler_stats)}
-        logits_clean, classifier_stats = fld.classify(model, variables, x_c, train=True, dropout_rng=dropout_clean)
-        if adv.enabled:
-            # stop_gradient on every input of the attack: it is data for the outer minimisation, and symbolic
-            # zero tangents keep autodiff from differentiating through the PGD loop.
-            frozen = jax.lax.stop_gradient({"params": params, "batch_stats": state.batch_stats})
-            logits_fn = fld.attack_logits_fn(
-                model, frozen, jax.lax.stop_gradient(decoupled), end_to_end=bool(adv.through_decouplers)
-            )
-            epsilon = state.class_epsilon[labels]
-            x_adv = attack.trades_pgd(
-                logits_fn, images, epsilon, step_size=adv.step_size * epsilon / adv.epsilon,
-                num_steps=int(adv.num_steps), key=attack_key,
-            )
-            if adv.through_decouplers:
-                decoupled_adv, _ = fld.decouple(model, variables, x_adv, train=True)
-            else:
-                decoupled_adv = decoupled
-            x_adv_c = fld.classifier_input(model, x_adv, decoupled_adv)
-            # Both passes update the running statistics, as TRADES' two train-mode forwards do.
-            variables = {"params": params, "batch_stats": _merge_stats(variables["batch_stats"], classifier_stats)}
-            logits_adv, classifier_stats = fld.classify(
-                model, variables, x_adv_c, train=True, dropout_rng=dropout_adv
-            )
-            lat, _ = losses.adaptive_trades_loss(logits_clean, logits_adv, labels, state.class_beta)
-        else:
-            logits_adv = logits_clean
-            lat = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_clean, labels))
-        loss = losses.total_loss(lc, ls, lat, weights)
-        new_stats = _merge_stats(state.batch_stats, decoupler_stats, classifier_stats)
-        return loss, (new_stats, logits_clean, logits_adv, lc, ls, lat)
-
-    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
-    new_stats, logits_clean, logits_adv, lc, ls, lat = aux
-    grads = lax.pmean(grads, AXIS_NAME)
-    new_stats = lax.pmean(new_stats, AXIS_NAME)
-
-    adv_hits = (jnp.argmax(logits_adv, -1) == labels).astype(jnp.int32)
-    num_classes = model.num_classes
-    correct = lax.psum(jnp.zeros((num_classes,), jnp.int32).at[labels].add(adv_hits), AXIS_NAME)
-    seen = lax.psum(jnp.zeros((num_classes,), jnp.int32).at[labels].add(1), AXIS_NAME)
-
-    state = state.apply_gradients(
-        grads,
-        batch_stats=new_stats,
-        adv_correct=state.adv_correct + correct,
-        adv_seen=state.adv_seen + seen,
-        rng=jax.random.key_data(next_key),
-    )
+    attack_key, *dropout_keys = jax.random.split(jax.random.fold_in(key, lax.axis_index(AXIS_NAME)), 3)
+    loss, terms, grads, _ = objective.loss_and_gradients(
+        state.params, state.batch_stats, images, labels, state.class_epsilon, state.class_beta,
+        (attack_key, *dropout_keys), model=model, config=config)
+    grads, batch_stats = lax.pmean((grads, terms.batch_stats), AXIS_NAME)
+    adv_hits = jnp.argmax(terms.logits_adv, -1) == labels
+    correct, seen = lax.psum(objective.count_by_class(labels, adv_hits, model.num_classes), AXIS_NAME)
+    state = state.apply_gradients(grads, batch_stats=batch_stats, adv_correct=state.adv_correct + correct,
+                                  adv_seen=state.adv_seen + seen, rng=jax.random.key_data(next_key))
     if state.averaged_params is not None:
         averaged, count = weight_averaging.maybe_update(
             state.averaged_params, state.params, state.average_count, state.average_enabled,
-            float(config.train.ema_decay),
-        )
+            float(config.train.ema_decay))
         state = state.replace(averaged_params=averaged, average_count=count)
-
-    metrics = {
-        "loss": losses.total_loss(lc, ls, lat, weights),
-        "lc": lc,
-        "ls": ls,
-        "lat": lat,
-        "clean_acc": jnp.mean(jnp.argmax(logits_clean, -1) == labels),
-        "adv_acc": jnp.mean(adv_hits),
-    }
-    metrics = lax.pmean(metrics, AXIS_NAME)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["learning_rate"] = current_learning_rate(state.opt_state)
-    return state, metrics
+    metrics = lax.pmean({"loss": loss, "lc": terms.lc, "ls": terms.ls, "lat": terms.lat,
+                         "clean_acc": jnp.mean(jnp.argmax(terms.logits_clean, -1) == labels),
+                         "adv_acc": jnp.mean(adv_hits)}, AXIS_NAME)
+    return state, {**metrics, "grad_norm": optax.tree.norm(grads),
+                   "learning_rate": current_learning_rate(state.opt_state)}
 
 
 def end_epoch(state: TrainState, adv_config: ml_collections.ConfigDict) -> TrainState:
@@ -300,7 +225,8 @@ def end_epoch(state: TrainState, adv_config: ml_collections.ConfigDict) -> Train
     uniform_epsilon, uniform_beta = uniform_class_values(adv_config, acc.shape[0])
     if adv_config.calibration == "adaptive":
         calibrate = epoch >= int(adv_config.warmup_epochs)
-        epsilon = jnp.where(calibrate, calibration.class_epsilon(acc, adv_config.epsilon, adv_config.sigma), uniform_epsilon)
+        epsilon = jnp.where(calibrate, calibration.class_epsilon(acc, adv_config.epsilon, adv_config.sigma),
+                            uniform_epsilon)
         beta = jnp.where(calibrate, calibration.class_beta(acc, adv_config.beta, adv_config.mu), uniform_beta)
     else:
         epsilon, beta = uniform_epsilon, uniform_beta
@@ -350,6 +276,27 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
     return {key: float(np.mean([entry[key] for entry in history])) for key in history[0]}
 
 
+def train_epoch(state: TrainState, train_step_fn, train_iter, *, epoch: int, log_every: int,
+                outputs: run_outputs.RunOutputs) -> tuple[TrainState, dict[str, float]]:
+    """One pass over the training set (``epoch`` 1-based); returns the state and the epoch's mean metrics.
+
+    Metrics stay on the device until a logging window closes, so the host does not wait on every step.
+    """
+    first_step = int(state.step)
+    last_step = first_step + train_iter.steps_per_epoch
+    window, history = [], []
+    for step in range(first_step + 1, last_step + 1):
+        state, step_metrics = train_step_fn(state, next(train_iter))
+        window.append(step_metrics)
+        if step % log_every == 0 or step == last_step:
+            summary = _mean_metrics(window)
+            metric_writers.check_finite(summary, step)  # before any checkpoint of this epoch: never save a NaN
+            outputs.train_window(step, epoch, summary)
+            history.extend(window)
+            window = []
+    return state, _mean_metrics(history)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains with Algorithm 1 (resuming from WORKDIR/checkpoints if any), then evaluates the test split.
 
@@ -365,7 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"{workdir} holds a run trained with other settings ({'; '.join(changes)}): use a new --workdir to "
             "start fresh, or add --config.train.resume_with_changes=True to continue it with the new settings")
     os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
     data_dir = resolve_data_dir(config, workdir)
     # Several processes on one file system: process 0 builds the data set, the others then find it ready.
     info = distributed.main_process_first(lambda: input_pipeline.prepare_dataset(config.data, data_dir))
@@ -376,7 +322,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     steps_per_epoch, num_epochs = train_iter.steps_per_epoch, int(config.train.num_epochs)
-    total_steps = steps_per_epoch * num_epochs
     state = create_train_state(config, model, info.image_shape, jax.random.key(int(config.seed)), steps_per_epoch)
     state = replicate(state)
     checkpointing.write_run_files(workdir, config, info)
@@ -389,112 +334,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, meta = restored
         train_iter.set_state(meta["iterator"])
         print(f"resuming {workdir} from step {int(state.step)} (epoch {int(state.epoch)})", flush=True)
-
     frozen_config = ml_collections.FrozenConfigDict(config)
     p_train_step = parallel_train_step(model, frozen_config)
     p_end_epoch = jitted_end_epoch(frozen_config.adv)
-    # One writer for the whole run (process 0); the other hosts only compute.
-    if is_main:
-        checkpointing.drop_partial_metrics_record(workdir)  # a run killed mid-record must not garble the next one
-    writer = metric_writers.MetricWriter(workdir, class_names=info.class_names) if is_main else None
-    log_every = max(int(config.train.log_every_steps), 1)
-    plot_every = int(config.train.plot_every_epochs)
-    step = int(state.step)
-    progress = metric_writers.Progress(total_steps, initial_step=step, every_steps=log_every,
-                                       print_fn=print if is_main else None)
-    if step < total_steps:
-        print(f"training {evaluate.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
-              f"global batch {config.train.per_device_batch_size * jax.device_count()}; "
-              "the first step compiles", flush=True)
+    outputs = run_outputs.RunOutputs(
+        workdir, info.class_names, total_steps=steps_per_epoch * num_epochs, initial_step=int(state.step),
+        log_every=max(int(config.train.log_every_steps), 1), plot_every=int(config.train.plot_every_epochs),
+        active=jax.process_index() == 0)
+    if int(state.epoch) < num_epochs:
+        outputs.say(f"training {evaluate.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
+                    f"global batch {config.train.per_device_batch_size * jax.device_count()}; "
+                    "the first step compiles")
+
+    def validate(variables):
+        return evaluate.evaluate_split(model, variables, config, data_dir, split="validation",
+                                       robust=bool(config.train.validate_robust))
+
     try:
-        for epoch in range(int(state.epoch), num_epochs):
-            window, epoch_history = [], []
-            epsilon_used, beta_used = jax.device_get((state.class_epsilon, state.class_beta))
-            for _ in range(steps_per_epoch):
-                state, step_metrics = p_train_step(state, next(train_iter))
-                step += 1
-                window.append(step_metrics)
-                if step % log_every == 0 or step % steps_per_epoch == 0:
-                    summary = _mean_metrics(window)
-                    # Before any checkpoint of this epoch: a diverged state is never saved.
-                    metric_writers.check_finite(summary, step)
-                    if is_main:
-                        writer.write("train", step, {"epoch": epoch + 1, **summary})
-                    progress.update(step, {"epoch": epoch + 1, "loss": summary["loss"],
-                                           "clean_acc": summary["clean_acc"], "adv_acc": summary["adv_acc"]})
-                    epoch_history.extend(window)
-                    window = []
-            state = p_end_epoch(state)
-            validation = evaluate.evaluate_split(
-                model, {"params": state.params, "batch_stats": state.batch_stats}, config, data_dir,
-                split="validation", robust=bool(config.train.validate_robust),
-            )
-            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in _mean_metrics(epoch_history).items()}}
-            record.update(class_epsilon=epsilon_used, class_beta=beta_used,
-                          train_adv_class_acc=jax.device_get(state.class_acc), **evaluate.validation_record(validation))
-            if config.train.weight_averaging == "fawa" and "val_robust_class_acc" in record:
-                gate = weight_averaging.fawa_gate(record["val_robust_class_acc"], float(config.train.fawa_threshold))
-                # Replicated like the rest of the state, so the step does not recompile for a new layout.
-                state = state.replace(average_enabled=replicate(jnp.asarray(gate)))
-                record["fawa_averaging"] = int(gate)
-            value = evaluate.selection_key(validation, str(config.train.best_metric))
-            previous = meta["best_value"]  # a single number in checkpoints written before the tie-breakers
-            is_best = previous is None or value > (list(previous) if isinstance(previous, list) else [previous])
-            if is_best:
-                meta = {"best_value": value, "best_epoch": epoch + 1}
-            record.update(best_metric_value=value[0], best_epoch=meta["best_epoch"])
-            if is_main:
-                writer.write("epoch", step, record)
-            meta = dict(meta, iterator=train_iter.get_state(), epoch=epoch + 1)
-            if is_best:
-                checkpointer.save(state, meta, best=True)
-            if (epoch + 1) % int(config.train.checkpoint_every_epochs) == 0 or epoch + 1 == num_epochs:
-                checkpointer.save(state, meta)
-            print(f"epoch {epoch + 1}/{num_epochs}: validation average {validation['average']:.2f}% "
-                  f"worst class {record['val_worst_class']:.2f}%"
-                  + (f" robust {record['val_robust_average']:.2f}%" if "val_robust_average" in record else "")
-                  + (" (best so far)" if is_best else "")
-                  + (" COLLAPSED: every image predicted as one class" if validation["collapsed"] else ""),
-                  flush=True)
-            if is_main and plot_every > 0 and (epoch + 1) % plot_every == 0:
-                plots.plot_class_curves(metric_writers.read_metrics(workdir), info.class_names,
-                                        os.path.join(workdir, "plots"))
+        for epoch in range(int(state.epoch) + 1, num_epochs + 1):
+            state, train_means = train_epoch(state, p_train_step, train_iter, epoch=epoch,
+                                             log_every=outputs.progress.every_steps, outputs=outputs)
+            state, meta = epoch_end.finish_epoch(
+                state, epoch=epoch, config=config, train_means=train_means, end_epoch=p_end_epoch,
+                validate=validate, replicate=replicate, meta=meta, iterator_state=train_iter.get_state(),
+                checkpointer=checkpointer, outputs=outputs, step=int(state.step))
         checkpointer.wait()
         best = checkpointer.restore(state, "best")
-        which = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         final_state = best[0] if best else state
         variables = final_state.inference_variables()
         report = evaluate.evaluate_split(model, variables, config, data_dir, split="test", robust=True,
                                          both_threat_models=True)
-        report["checkpoint"] = which
+        report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["method"] = evaluate.method_name(config)
-        if is_main:
-            # A resumed run logs again the epochs after its checkpoint: the last record of each epoch counts.
-            by_epoch = {r["epoch"]: r["val_clean_class_acc"] for r in metric_writers.read_metrics(workdir, "epoch")}
-            curves = [by_epoch[epoch] for epoch in sorted(by_epoch)]
-            report["unsettled_classes"] = evaluate.unsettled_classes(curves, list(info.class_names))
-            writer.write("eval", step, {"epoch": num_epochs, "test_average": report["average"],
-                                        "test_best_worst": report["best_worst"],
-                                        "test_balanced_accuracy": report["balanced_accuracy"]})
-            table = evaluate.write_report(workdir, report, config)
-            plots_dir = os.path.join(workdir, "plots")
-            plots.plot_class_curves(metric_writers.read_metrics(workdir), info.class_names, plots_dir)
-            evaluate.plot_decoupling_examples(model, variables, config, data_dir,
-                                              os.path.join(plots_dir, "decoupling_grid.png"))
-            print(f"\ntest split, {which}:\n{table}", flush=True)
-            warning = evaluate.collapse_warning(report)
-            if report["unsettled_classes"]:
-                warning += (f"\nWARNING: validation accuracy of {', '.join(report['unsettled_classes'])} fell from "
-                            ">= 50 % to 0 within the last 3 epochs: train longer or lower the learning rate")
-            if warning.strip():
-                print(warning.strip(), flush=True)
+        outputs.test_report(int(state.step), report, config, lambda path: evaluate.plot_decoupling_examples(
+            model, variables, config, data_dir, path))
         return report
     finally:
         checkpointer.wait()
         checkpointer.close()
-        if writer is not None:
-            writer.close()
+        outputs.close()
 
 
 def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, fld.FLDModel, dict, Any]:

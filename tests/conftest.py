@@ -1,4 +1,9 @@
-"""Test-wide setup: two host CPU devices so pmap and collectives are exercised without a GPU."""
+"""Test-wide setup: two host CPU devices so pmap and collectives are exercised without a GPU.
+
+One style across the suite: plain pytest functions (``pytest.mark.parametrize``, ``tmp_path``); a
+``chex.TestCase`` only where a pure function is checked both eagerly and under jit
+(``@chex.variants(with_jit=True, without_jit=True)``). Configs are the tiny presets, images 32 px or less.
+"""
 
 import os
 

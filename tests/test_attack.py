@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from absl.testing import absltest
 
 from flax_fld import attack, losses
 
@@ -171,7 +170,3 @@ class PgdCeTest(chex.TestCase):
     def test_rejects_bad_labels(self):
         with pytest.raises(ValueError, match="labels"):
             attack.pgd_ce(self.logits_fn, self.x, self.labels[:2], 0.1, step_size=0.1, num_steps=1, key=self.key)
-
-
-if __name__ == "__main__":
-    absltest.main()

@@ -3,7 +3,6 @@
 import chex
 import numpy as np
 import pytest
-from absl.testing import absltest
 
 from flax_fld import calibration
 
@@ -62,7 +61,3 @@ class ClassAccuracyTest(chex.TestCase):
     def test_rejects_mismatched_shapes(self):
         with pytest.raises(ValueError, match="class_accuracy"):
             calibration.class_accuracy(np.array([1, 2]), np.array([1, 2, 3]), np.zeros(3))
-
-
-if __name__ == "__main__":
-    absltest.main()

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl.testing import absltest, parameterized
 from PIL import Image
 
 from flax_fld import color
@@ -21,23 +20,22 @@ def _random_rgb(seed, shape=(2, 6, 5, 3)):
     return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
 
 
-class NumColorChannelsTest(parameterized.TestCase):
-    @parameterized.parameters(("gray", 1), ("ycbcr", 3), ("hsv", 3), ("lab", 3), ("rgb", 3))
-    def test_channels(self, space, channels):
-        self.assertEqual(color.num_color_channels(space), channels)
-        for in_channels in (1, 3):
-            out = color.color_transform(jnp.zeros((1, 4, 4, in_channels)), space)
-            self.assertEqual(out.shape, (1, 4, 4, channels))
+@pytest.mark.parametrize("space, channels", [("gray", 1), ("ycbcr", 3), ("hsv", 3), ("lab", 3), ("rgb", 3)])
+def test_num_color_channels(space, channels):
+    assert color.num_color_channels(space) == channels
+    for in_channels in (1, 3):
+        assert color.color_transform(jnp.zeros((1, 4, 4, in_channels)), space).shape == (1, 4, 4, channels)
 
-    def test_rejects_unknown_space_and_channel_count(self):
-        with pytest.raises(ValueError, match="'luv'"):
-            color.num_color_channels("luv")
-        with pytest.raises(ValueError, match="'luv'"):
-            color.color_transform(jnp.zeros((1, 4, 4, 3)), "luv")
-        with pytest.raises(ValueError, match="C in"):
-            color.color_transform(jnp.zeros((1, 4, 4, 2)), "hsv")
-        with pytest.raises(ValueError, match="rgb_to_lab"):
-            color.rgb_to_lab(jnp.zeros((1, 4, 4, 1)))
+
+def test_rejects_unknown_space_and_channel_count():
+    with pytest.raises(ValueError, match="'luv'"):
+        color.num_color_channels("luv")
+    with pytest.raises(ValueError, match="'luv'"):
+        color.color_transform(jnp.zeros((1, 4, 4, 3)), "luv")
+    with pytest.raises(ValueError, match="C in"):
+        color.color_transform(jnp.zeros((1, 4, 4, 2)), "hsv")
+    with pytest.raises(ValueError, match="rgb_to_lab"):
+        color.rgb_to_lab(jnp.zeros((1, 4, 4, 1)))
 
 
 class LabTest(chex.TestCase):
@@ -133,7 +131,3 @@ class GradientTest(chex.TestCase):
                 self.assertEqual(grad.shape, x.shape)
                 self.assertTrue(np.all(np.isfinite(grad)), msg=f"{space} {x.shape[-1]}-channel: {grad}")
                 self.assertTrue(np.any(grad != 0.0), msg=space)
-
-
-if __name__ == "__main__":
-    absltest.main()

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
-from absl.testing import absltest
 
 from flax_fld import losses
 
@@ -141,7 +140,3 @@ class TotalLossTest(chex.TestCase):
     def test_rejects_wrong_number_of_weights(self):
         with pytest.raises(ValueError, match="weights"):
             losses.total_loss(1.0, 1.0, 1.0, (1.0, 1.0))
-
-
-if __name__ == "__main__":
-    absltest.main()

@@ -4,7 +4,6 @@ import chex
 import jax
 import numpy as np
 import pytest
-from absl.testing import absltest
 
 from flax_fld import metrics
 
@@ -71,68 +70,66 @@ def _confusion_from_correct(correct, support):
     return confusion
 
 
-class ClassReportTest(absltest.TestCase):
-    def test_summary_values(self):
-        confusion = _confusion_from_correct([9, 5, 2, 1], [10, 10, 4, 1])
-        report = metrics.class_report(confusion, CLASS_NAMES)
-        expected = {"normal": 90.0, "mild": 50.0, "moderate": 50.0, "severe": 100.0}
-        self.assertEqual(report["per_class_accuracy"], expected)
-        self.assertAlmostEqual(report["average"], 100 * 17 / 25)  # sample-weighted
-        self.assertAlmostEqual(report["balanced_accuracy"], 72.5)  # unweighted over classes
-        self.assertEqual(report["best_worst"], 50.0)
-        self.assertEqual((report["best_class"], report["worst_class"]), ("severe", "mild"))
-        self.assertEqual(report["num_examples"], 25)
-        self.assertEqual(report["confusion_matrix"], confusion.tolist())
-
-    def test_best_worst_is_difference_of_rounded_percentages(self):
-        # Table 1 "Ours": normal 66/69 = 95.652..., mild 69/90 = 76.666...; 95.65 - 76.67 = 18.98 (unrounded 18.99).
-        report = metrics.class_report(_confusion_from_correct([66, 69, 51, 33], [69, 90, 66, 39]), CLASS_NAMES)
-        self.assertAlmostEqual(100 * (66 / 69 - 69 / 90), 18.9855, places=4)
-        self.assertEqual(report["best_worst"], 18.98)
-
-    def test_empty_class_is_nan_and_ignored(self):
-        confusion = _confusion_from_correct([3, 0, 1, 4], [4, 0, 2, 4])
-        report = metrics.class_report(confusion, CLASS_NAMES)
-        self.assertTrue(np.isnan(report["per_class_accuracy"]["mild"]))
-        self.assertEqual(report["best_worst"], 50.0)
-        self.assertAlmostEqual(report["balanced_accuracy"], (75 + 50 + 100) / 3)
-
-    def test_rejects_bad_input(self):
-        with pytest.raises(ValueError, match="class names"):
-            metrics.class_report(np.eye(4, dtype=int), CLASS_NAMES[:3])
-        with pytest.raises(ValueError, match=r"\[K, K\]"):
-            metrics.class_report(np.ones((4, 3), int), CLASS_NAMES)
+def test_class_report_summary_values():
+    confusion = _confusion_from_correct([9, 5, 2, 1], [10, 10, 4, 1])
+    report = metrics.class_report(confusion, CLASS_NAMES)
+    assert report["per_class_accuracy"] == {"normal": 90.0, "mild": 50.0, "moderate": 50.0, "severe": 100.0}
+    assert report["average"] == pytest.approx(100 * 17 / 25)  # sample-weighted
+    assert report["balanced_accuracy"] == pytest.approx(72.5)  # unweighted over classes
+    assert report["best_worst"] == 50.0
+    assert (report["best_class"], report["worst_class"]) == ("severe", "mild")
+    assert report["num_examples"] == 25
+    assert report["confusion_matrix"] == confusion.tolist()
 
 
-class FormatTableTest(absltest.TestCase):
-    def setUp(self):
-        super().setUp()
-        self.ours = metrics.class_report(_confusion_from_correct([66, 69, 51, 33], [69, 90, 66, 39]), CLASS_NAMES)
-        self.squeeze = metrics.class_report(_confusion_from_correct([64, 72, 38, 27], [69, 90, 66, 39]), CLASS_NAMES)
-
-    def test_paper_column_order_and_marks(self):
-        table = metrics.format_table([("SqueezeNet", self.squeeze), ("Ours", self.ours)])
-        lines = table.strip().split("\n")
-        self.assertEqual(
-            lines[0], "| Method | Mild% | Moderate% | Severe% | Normal% | Best-Worst% | Average% |"
-        )
-        self.assertEqual(len(lines), 4)
-        self.assertEqual(lines[2], "| SqueezeNet | 80.00 | *57.58* | 69.23 | *92.75* | 35.17 | 76.14 |")
-        self.assertEqual(lines[3], "| Ours | *76.67* | 77.27 | 84.62 | *95.65* | **18.98** | **82.95** |")
-
-    def test_other_class_names_keep_their_order(self):
-        report = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
-        table = metrics.format_table([("m", report)])
-        self.assertTrue(table.startswith("| Method | Benign% | Malignant% | Best-Worst% | Average% |"))
-        self.assertIn("| m | *50.00* | *100.00* | **50.00** | **75.00** |", table)
-
-    def test_rejects_mixed_classes(self):
-        other = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
-        with pytest.raises(ValueError, match="classes"):
-            metrics.format_table([("Ours", self.ours), ("other", other)])
-        with pytest.raises(ValueError, match="no rows"):
-            metrics.format_table([])
+def test_best_worst_is_difference_of_rounded_percentages():
+    # Table 1 "Ours": normal 66/69 = 95.652..., mild 69/90 = 76.666...; 95.65 - 76.67 = 18.98 (unrounded 18.99).
+    report = metrics.class_report(_confusion_from_correct([66, 69, 51, 33], [69, 90, 66, 39]), CLASS_NAMES)
+    assert 100 * (66 / 69 - 69 / 90) == pytest.approx(18.9855, abs=1e-4)
+    assert report["best_worst"] == 18.98
 
 
-if __name__ == "__main__":
-    absltest.main()
+def test_empty_class_is_nan_and_ignored():
+    confusion = _confusion_from_correct([3, 0, 1, 4], [4, 0, 2, 4])
+    report = metrics.class_report(confusion, CLASS_NAMES)
+    assert np.isnan(report["per_class_accuracy"]["mild"])
+    assert report["best_worst"] == 50.0
+    assert report["balanced_accuracy"] == pytest.approx((75 + 50 + 100) / 3)
+
+
+def test_class_report_rejects_bad_input():
+    with pytest.raises(ValueError, match="class names"):
+        metrics.class_report(np.eye(4, dtype=int), CLASS_NAMES[:3])
+    with pytest.raises(ValueError, match=r"\[K, K\]"):
+        metrics.class_report(np.ones((4, 3), int), CLASS_NAMES)
+
+
+def _paper_reports():
+    ours = metrics.class_report(_confusion_from_correct([66, 69, 51, 33], [69, 90, 66, 39]), CLASS_NAMES)
+    squeeze = metrics.class_report(_confusion_from_correct([64, 72, 38, 27], [69, 90, 66, 39]), CLASS_NAMES)
+    return ours, squeeze
+
+
+def test_table_has_paper_column_order_and_marks():
+    ours, squeeze = _paper_reports()
+    lines = metrics.format_table([("SqueezeNet", squeeze), ("Ours", ours)]).strip().split("\n")
+    assert lines[0] == "| Method | Mild% | Moderate% | Severe% | Normal% | Best-Worst% | Average% |"
+    assert len(lines) == 4
+    assert lines[2] == "| SqueezeNet | 80.00 | *57.58* | 69.23 | *92.75* | 35.17 | 76.14 |"
+    assert lines[3] == "| Ours | *76.67* | 77.27 | 84.62 | *95.65* | **18.98** | **82.95** |"
+
+
+def test_table_keeps_the_order_of_other_class_names():
+    report = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
+    table = metrics.format_table([("m", report)])
+    assert table.startswith("| Method | Benign% | Malignant% | Best-Worst% | Average% |")
+    assert "| m | *50.00* | *100.00* | **50.00** | **75.00** |" in table
+
+
+def test_table_rejects_mixed_classes():
+    ours, _ = _paper_reports()
+    other = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
+    with pytest.raises(ValueError, match="classes"):
+        metrics.format_table([("Ours", ours), ("other", other)])
+    with pytest.raises(ValueError, match="no rows"):
+        metrics.format_table([])

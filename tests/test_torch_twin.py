@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import optax  # noqa: E402
 
-from flax_fld import attack, color, losses, train  # noqa: E402
+from flax_fld import color, objective, train  # noqa: E402
 from flax_fld.config_files import load_sibling_config  # noqa: E402
 from flax_fld.models import fld, get_classifier, icfdnet, registry, squeezenet  # noqa: E402
 from flax_fld.models.vit import VIT_PRESETS  # noqa: E402  (flax_fld.models.vit is shadowed by the function)
@@ -166,45 +166,26 @@ def build_pair(case: dict) -> tuple[fld.FLDModel, torch_fld.TorchFLD]:
 
 
 def flax_step(model: fld.FLDModel, settings: torch_fld.StepSettings):
-    """``train.train_step``'s loss_fn (same calls, same order) with its gradients, eval logits and x'."""
+    """What ``train.train_step`` computes on one device (``objective.loss_and_gradients``), plus the eval
+    logits and x_c the test compares."""
+    l1, l2, l3 = settings.weights
+    config = ml_collections.ConfigDict(dict(
+        adv=dict(enabled=settings.adv_enabled, through_decouplers=settings.through_decouplers,
+                 step_size=settings.step_size, epsilon=settings.epsilon, num_steps=settings.num_steps),
+        loss=dict(l1=l1, l2=l2, l3=l3, charbonnier_xi=settings.charbonnier_xi)))
 
     def run(variables, images, labels, class_epsilon, class_beta, attack_key):
-        old_stats = variables["batch_stats"]
-
-        def loss_fn(params):
-            current = {"params": params, "batch_stats": old_stats}
-            decoupled, decoupler_stats = fld.decouple(model, current, images, train=True)
-            x_c = fld.classifier_input(model, images, decoupled)
-            lc = ls = jnp.float32(0.0)
-            if decoupled.x_hat is not None:
-                lc = losses.reconstruction_loss(images, decoupled.x_hat, settings.charbonnier_xi)
-                ls = losses.decoupling_bce(decoupled.class_logits, labels)
-            current = {"params": params, "batch_stats": train._merge_stats(old_stats, decoupler_stats)}
-            logits_clean, classifier_stats = fld.classify(model, current, x_c, train=True)
-            frozen = jax.lax.stop_gradient({"params": params, "batch_stats": old_stats})
-            logits_fn = fld.attack_logits_fn(model, frozen, jax.lax.stop_gradient(decoupled),
-                                             end_to_end=settings.through_decouplers)
-            epsilon = class_epsilon[labels]
-            step_size = settings.step_size * epsilon / settings.epsilon
-            x_adv = attack.trades_pgd(logits_fn, images, epsilon, step_size=step_size, num_steps=settings.num_steps,
-                                      key=attack_key)
-            decoupled_adv = decoupled
-            if settings.through_decouplers:
-                decoupled_adv, _ = fld.decouple(model, current, x_adv, train=True)
-            current = {"params": params, "batch_stats": train._merge_stats(current["batch_stats"], classifier_stats)}
-            x_adv_c = fld.classifier_input(model, x_adv, decoupled_adv)
-            logits_adv, classifier_stats = fld.classify(model, current, x_adv_c, train=True)
-            lat, _ = losses.adaptive_trades_loss(logits_clean, logits_adv, labels, class_beta)
-            loss = losses.total_loss(lc, ls, lat, settings.weights)
-            stats = train._merge_stats(old_stats, decoupler_stats, classifier_stats)
-            return loss, dict(loss=loss, lc=lc, ls=ls, lat=lat, x_c=x_c, logits_clean=logits_clean,
-                              logits_adv=logits_adv, x_adv=x_adv, batch_stats=stats)
-
-        grads, aux = jax.grad(loss_fn, has_aux=True)(variables["params"])
+        keys = (attack_key, attack_key, attack_key)  # dropout rate 0 on both sides: its keys are never used
+        loss, terms, grads, x_adv = objective.loss_and_gradients(
+            variables["params"], variables["batch_stats"], images, labels, class_epsilon, class_beta, keys,
+            model=model, config=config)
+        x_c = fld.classifier_input(model, images, fld.decouple(model, variables, images, train=True)[0])
         # Eval-mode classifier on the train-mode x_c: the eval-mode decouplers are exercised by the
         # end-to-end attack (a whole extra eval forward of IC1/IC2 would add to every compile).
-        aux["logits_eval"] = fld.classify(model, variables, aux["x_c"], train=False)[0]
-        return grads, aux
+        return grads, dict(loss=loss, lc=terms.lc, ls=terms.ls, lat=terms.lat, x_c=x_c,
+                           logits_clean=terms.logits_clean, logits_adv=terms.logits_adv, x_adv=x_adv,
+                           batch_stats=terms.batch_stats,
+                           logits_eval=fld.classify(model, variables, x_c, train=False)[0])
 
     return jax.jit(run, compiler_options=FAST_COMPILE)
 

@@ -1,0 +1,91 @@
+"""Between two epochs of Algorithm 1: calibrate, validate, keep the best, record, save.
+
+``finish_epoch`` runs the steps in order; each decision in it is a small function of host values that a test
+(or a reader) can take alone: ``epoch_record``, ``fawa_gate``, ``improves``, ``epoch_line``.
+"""
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flax_fld import checkpointing, evaluate, weight_averaging
+from flax_fld.run_outputs import RunOutputs
+from flax_fld.train_state import TrainState
+
+
+def epoch_record(epoch: int, train_means: dict, class_epsilon: Any, class_beta: Any, class_acc: Any,
+                 validation: dict) -> dict:
+    """The ``epoch`` record of metrics.jsonl: the epoch's mean training metrics (``train_*``), the epsilon_i /
+    beta_i it trained with, its adversarial training accuracy Acc_i, and the validation figures (``val_*``)."""
+    record = {"epoch": epoch, **{f"train_{key}": value for key, value in train_means.items()}}
+    record.update(class_epsilon=class_epsilon, class_beta=class_beta, train_adv_class_acc=class_acc,
+                  **evaluate.validation_record(validation))
+    return record
+
+
+def fawa_gate(record: dict, train_config: ml_collections.ConfigDict) -> Optional[bool]:
+    """Whether FAWA averages the next epoch's weights (CFA); None when FAWA is off or there is no robust
+    validation to decide from."""
+    if train_config.weight_averaging != "fawa" or "val_robust_class_acc" not in record:
+        return None
+    return weight_averaging.fawa_gate(record["val_robust_class_acc"], float(train_config.fawa_threshold))
+
+
+def improves(value: list[float], previous: Any) -> bool:
+    """Whether an epoch's selection key (``evaluate.selection_key``) beats the best so far (None: no best yet).
+
+    Checkpoints written before the tie-breakers hold a single number; it compares with the key's first entry.
+    """
+    if previous is None:
+        return True
+    return value > (list(previous) if isinstance(previous, list) else [previous])
+
+
+def epoch_line(epoch: int, num_epochs: int, validation: dict, record: dict, is_best: bool) -> str:
+    """The console line of an epoch's end."""
+    return (f"epoch {epoch}/{num_epochs}: validation average {validation['average']:.2f}% "
+            f"worst class {record['val_worst_class']:.2f}%"
+            + (f" robust {record['val_robust_average']:.2f}%" if "val_robust_average" in record else "")
+            + (" (best so far)" if is_best else "")
+            + (" COLLAPSED: every image predicted as one class" if validation["collapsed"] else ""))
+
+
+def finish_epoch(state: TrainState, *, epoch: int, config: ml_collections.ConfigDict, train_means: dict,
+                 end_epoch: Callable[[TrainState], TrainState], validate: Callable[[dict], dict],
+                 replicate: Callable[[Any], Any], meta: dict, iterator_state: dict,
+                 checkpointer: checkpointing.Checkpointer, outputs: RunOutputs, step: int) -> tuple[TrainState, dict]:
+    """Closes epoch ``epoch`` (1-based): Eq. 1/2, validation, FAWA's gate, best selection, record, checkpoints.
+
+    Args:
+        state: the state after the epoch's last step.
+        end_epoch: ``train.end_epoch`` jitted (Eq. 1 and 2 from the epoch's counters).
+        validate: variables -> the validation report (``evaluate.evaluate_split``).
+        replicate: places a new state leaf like the rest of the state (so the step does not recompile).
+        meta: ``{'best_value', 'best_epoch', ...}`` of the checkpoints so far.
+        iterator_state: the data iterator's position after this epoch, saved with the checkpoint.
+
+    Returns:
+        ``(state for the next epoch, meta)``.
+    """
+    epsilon_used, beta_used = jax.device_get((state.class_epsilon, state.class_beta))
+    state = end_epoch(state)
+    validation = validate({"params": state.params, "batch_stats": state.batch_stats})
+    record = epoch_record(epoch, train_means, epsilon_used, beta_used, jax.device_get(state.class_acc), validation)
+    gate = fawa_gate(record, config.train)
+    if gate is not None:
+        state = state.replace(average_enabled=replicate(jnp.asarray(gate)))
+        record["fawa_averaging"] = int(gate)
+    value = evaluate.selection_key(validation, str(config.train.best_metric))
+    is_best = improves(value, meta["best_value"])
+    if is_best:
+        meta = {"best_value": value, "best_epoch": epoch}
+    record.update(best_metric_value=value[0], best_epoch=meta["best_epoch"])
+    outputs.epoch_done(step, record, epoch_line(epoch, int(config.train.num_epochs), validation, record, is_best))
+    meta = dict(meta, iterator=iterator_state, epoch=epoch)
+    if is_best:
+        checkpointer.save(state, meta, best=True)
+    if epoch % int(config.train.checkpoint_every_epochs) == 0 or epoch == int(config.train.num_epochs):
+        checkpointer.save(state, meta)
+    return state, meta

@@ -1,0 +1,85 @@
+"""Everything a training run prints or writes besides checkpoints, in one place, done by process 0 only.
+
+On a pod every process computes the same metrics; one writer keeps metrics.jsonl, TensorBoard, the plots and
+the console free of duplicates. Code that trains calls these methods unconditionally; on the other
+processes they do nothing, so the loop carries no ``if process_index == 0`` branches.
+"""
+
+import os
+from typing import Sequence
+
+from flax_fld import checkpointing, evaluate, metric_writers, plots
+
+
+class RunOutputs:
+    """Console lines, metrics.jsonl/TensorBoard and plots of one run in ``workdir``.
+
+    Args:
+        workdir: the run directory.
+        class_names: label order of the per-class lists.
+        total_steps, initial_step, log_every: for the progress line with its ETA.
+        plot_every: redraw the per-class curves every this many epochs (0: only at the end).
+        active: whether this process writes (process 0).
+    """
+
+    def __init__(self, workdir: str, class_names: Sequence[str], *, total_steps: int, initial_step: int,
+                 log_every: int, plot_every: int, active: bool) -> None:
+        self.workdir, self.class_names, self.active = workdir, tuple(class_names), active
+        self.plot_every = int(plot_every)
+        self.plots_dir = os.path.join(workdir, "plots")
+        self.writer = None
+        if active:
+            checkpointing.drop_partial_metrics_record(workdir)  # a run killed mid-record must not garble the next
+            self.writer = metric_writers.MetricWriter(workdir, class_names=self.class_names)
+        self.progress = metric_writers.Progress(total_steps, initial_step=initial_step, every_steps=log_every,
+                                                print_fn=print if active else None)
+
+    def say(self, line: str) -> None:
+        if self.active:
+            print(line, flush=True)
+
+    def train_window(self, step: int, epoch: int, summary: dict) -> None:
+        """Metrics averaged over the last logging window (``epoch`` 1-based)."""
+        if self.active:
+            self.writer.write("train", step, {"epoch": epoch, **summary})
+        self.progress.update(step, {"epoch": epoch, "loss": summary["loss"], "clean_acc": summary["clean_acc"],
+                                    "adv_acc": summary["adv_acc"]})
+
+    def epoch_done(self, step: int, record: dict, line: str) -> None:
+        """The epoch's record to metrics.jsonl, its line to the console, the curves every ``plot_every``."""
+        if not self.active:
+            return
+        self.writer.write("epoch", step, record)
+        print(line, flush=True)
+        if self.plot_every > 0 and record["epoch"] % self.plot_every == 0:
+            plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
+
+    def test_report(self, step: int, report: dict, config, decoupling_grid) -> None:
+        """eval.json, the confusion matrix, the curves, the decoupling grid and the paper-style table.
+
+        Adds ``unsettled_classes`` (from the validation curves in metrics.jsonl) to ``report`` first.
+        ``decoupling_grid(path)`` draws the grid of test images (a callable, so other processes never run it).
+        """
+        if not self.active:
+            return
+        # A resumed run logs again the epochs after its checkpoint: the last record of each epoch counts.
+        by_epoch = {r["epoch"]: r["val_clean_class_acc"] for r in metric_writers.read_metrics(self.workdir, "epoch")}
+        curves = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+        report["unsettled_classes"] = evaluate.unsettled_classes(curves, list(self.class_names))
+        self.writer.write("eval", step, {"epoch": int(config.train.num_epochs), "test_average": report["average"],
+                                         "test_best_worst": report["best_worst"],
+                                         "test_balanced_accuracy": report["balanced_accuracy"]})
+        table = evaluate.write_report(self.workdir, report, config)
+        plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
+        decoupling_grid(os.path.join(self.plots_dir, "decoupling_grid.png"))
+        print(f"\ntest split, {report['checkpoint']}:\n{table}", flush=True)
+        warning = evaluate.collapse_warning(report)
+        if report["unsettled_classes"]:
+            warning += (f"\nWARNING: validation accuracy of {', '.join(report['unsettled_classes'])} fell from "
+                        ">= 50 % to 0 within the last 3 epochs: train longer or lower the learning rate")
+        if warning.strip():
+            print(warning.strip(), flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
