@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.validate_robust = False
     # Which validation figure picks WORKDIR/checkpoints_best: average | balanced_accuracy | worst_class
     # (clean, the paper's balance goal) | robust_average | robust_worst_class. Ties go to the higher
-    # balanced accuracy, then average (evaluate.selection_key). worst_class, as in configs/ablation.py, so
+    # balanced accuracy, then average (reporting.selection_key). worst_class, as in configs/ablation.py, so
     # that the demo is the ablation's +ICFDNet+AT run for seed 0.
     train.best_metric = "worst_class"
     # Re-running a workdir resumes it; a run-defining setting that differs from WORKDIR/config.json stops the

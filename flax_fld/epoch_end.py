@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flax_fld import checkpointing, evaluate, weight_averaging
+from flax_fld import checkpointing, reporting, weight_averaging
 from flax_fld.run_outputs import RunOutputs
 from flax_fld.train_state import TrainState
 
@@ -21,7 +21,7 @@ def epoch_record(epoch: int, train_means: dict, class_epsilon: Any, class_beta: 
     beta_i it trained with, its adversarial training accuracy Acc_i, and the validation figures (``val_*``)."""
     record = {"epoch": epoch, **{f"train_{key}": value for key, value in train_means.items()}}
     record.update(class_epsilon=class_epsilon, class_beta=class_beta, train_adv_class_acc=class_acc,
-                  **evaluate.validation_record(validation))
+                  **reporting.validation_record(validation))
     return record
 
 
@@ -34,7 +34,7 @@ def fawa_gate(record: dict, train_config: ml_collections.ConfigDict) -> Optional
 
 
 def improves(value: list[float], previous: Any) -> bool:
-    """Whether an epoch's selection key (``evaluate.selection_key``) beats the best so far (None: no best yet).
+    """Whether an epoch's selection key (``reporting.selection_key``) beats the best so far (None: no best yet).
 
     Checkpoints written before the tie-breakers hold a single number; it compares with the key's first entry.
     """
@@ -77,7 +77,7 @@ def finish_epoch(state: TrainState, *, epoch: int, config: ml_collections.Config
     if gate is not None:
         state = state.replace(average_enabled=replicate(jnp.asarray(gate)))
         record["fawa_averaging"] = int(gate)
-    value = evaluate.selection_key(validation, str(config.train.best_metric))
+    value = reporting.selection_key(validation, str(config.train.best_metric))
     is_best = improves(value, meta["best_value"])
     if is_best:
         meta = {"best_value": value, "best_epoch": epoch}

@@ -1,14 +1,22 @@
-"""Everything a training run prints or writes besides checkpoints, in one place, done by process 0 only.
+"""Everything a run prints or writes besides checkpoints: console lines, metrics.jsonl, eval.json, plots.
 
-On a pod every process computes the same metrics; one writer keeps metrics.jsonl, TensorBoard, the plots and
-the console free of duplicates. Code that trains calls these methods unconditionally; on the other
-processes they do nothing, so the loop carries no ``if process_index == 0`` branches.
+``RunOutputs`` is the training loop's side: on a pod every process computes the same metrics, and one writer
+(process 0) keeps metrics.jsonl, TensorBoard, the plots and the console free of duplicates. The loop calls
+its methods unconditionally; on the other processes they do nothing, so the loop carries no
+``if process_index == 0`` branches. ``write_report`` and ``plot_decoupling_examples`` serve
+``launch/eval.py`` too.
 """
 
+import json
 import os
 from typing import Sequence
 
-from flax_fld import checkpointing, evaluate, metric_writers, plots
+import jax
+import ml_collections
+import numpy as np
+
+from flax_fld import checkpointing, input_pipeline, metric_writers, metrics, plots, reporting
+from flax_fld.models import fld
 
 
 class RunOutputs:
@@ -65,15 +73,15 @@ class RunOutputs:
         # A resumed run logs again the epochs after its checkpoint: the last record of each epoch counts.
         by_epoch = {r["epoch"]: r["val_clean_class_acc"] for r in metric_writers.read_metrics(self.workdir, "epoch")}
         curves = [by_epoch[epoch] for epoch in sorted(by_epoch)]
-        report["unsettled_classes"] = evaluate.unsettled_classes(curves, list(self.class_names))
+        report["unsettled_classes"] = reporting.unsettled_classes(curves, list(self.class_names))
         self.writer.write("eval", step, {"epoch": int(config.train.num_epochs), "test_average": report["average"],
                                          "test_best_worst": report["best_worst"],
                                          "test_balanced_accuracy": report["balanced_accuracy"]})
-        table = evaluate.write_report(self.workdir, report, config)
+        table = write_report(self.workdir, report, config)
         plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
         decoupling_grid(os.path.join(self.plots_dir, "decoupling_grid.png"))
         print(f"\ntest split, {report['checkpoint']}:\n{table}", flush=True)
-        warning = evaluate.collapse_warning(report)
+        warning = reporting.collapse_warning(report)
         if report["unsettled_classes"]:
             warning += (f"\nWARNING: validation accuracy of {', '.join(report['unsettled_classes'])} fell from "
                         ">= 50 % to 0 within the last 3 epochs: train longer or lower the learning rate")
@@ -83,3 +91,45 @@ class RunOutputs:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) -> str:
+    """Writes WORKDIR/eval.json and WORKDIR/plots/confusion_matrix.png; returns the paper-style table.
+
+    A report of another split than ``test`` goes to ``eval_<split>.json`` / ``confusion_matrix_<split>.png``.
+    """
+    suffix = "" if report["split"] == "test" else f"_{report['split']}"
+    path = os.path.join(workdir, f"eval{suffix}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    os.replace(path + ".tmp", path)
+    plots_dir = os.path.join(workdir, "plots")
+    os.makedirs(plots_dir, exist_ok=True)
+    plots.plot_confusion_matrix(
+        report["confusion_matrix"], report["class_names"], os.path.join(plots_dir, f"confusion_matrix{suffix}.png"),
+        title=f"{report['split']} confusion matrix (clean)",
+    )
+    return metrics.format_table(reporting.table_rows(report, reporting.method_name(config)))
+
+
+def plot_decoupling_examples(
+    model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict, data_dir: str, path: str
+) -> str | None:
+    """The first ``train.num_grid_examples`` test images with IC2's reconstruction and both feature maps."""
+    count = int(config.train.get("num_grid_examples", 8))
+    if count <= 0:
+        return None
+    batch = next(iter(input_pipeline.eval_batches(
+        config.data, data_dir, split="test", per_device_batch_size=count, local_device_count=1
+    )))
+    mask = batch["mask"].reshape(-1)
+    images = batch["image"].reshape((-1,) + batch["image"].shape[2:])[mask]
+    labels = batch["label"].reshape(-1)[mask]
+    forward = jax.jit(lambda v, x: fld.forward(model, v, x, train=False))
+    logits, parts = forward(variables, images)
+    probabilities = np.asarray(jax.nn.softmax(logits, -1))
+    return plots.plot_decoupling_grid(
+        images, parts.get("x_hat"), parts.get("feat1"), parts.get("feat2"), labels.tolist(),
+        list(config.data.class_names), path, predictions=probabilities.argmax(-1).tolist(),
+        probabilities=probabilities,
+    )

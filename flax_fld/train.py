@@ -28,7 +28,7 @@ import optax
 from jax import lax
 
 from flax_fld import calibration, checkpointing, evaluate, input_pipeline, metric_writers, objective
-from flax_fld import config_validation, distributed, epoch_end, pretrained, run_outputs, weight_averaging
+from flax_fld import config_validation, distributed, epoch_end, pretrained, reporting, run_outputs, weight_averaging
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState, current_learning_rate
 
@@ -342,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log_every=max(int(config.train.log_every_steps), 1), plot_every=int(config.train.plot_every_epochs),
         active=jax.process_index() == 0)
     if int(state.epoch) < num_epochs:
-        outputs.say(f"training {evaluate.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
+        outputs.say(f"training {reporting.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
                     f"global batch {config.train.per_device_batch_size * jax.device_count()}; "
                     "the first step compiles")
 
@@ -366,8 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          both_threat_models=True)
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
-        report["method"] = evaluate.method_name(config)
-        outputs.test_report(int(state.step), report, config, lambda path: evaluate.plot_decoupling_examples(
+        report["method"] = reporting.method_name(config)
+        outputs.test_report(int(state.step), report, config, lambda path: run_outputs.plot_decoupling_examples(
             model, variables, config, data_dir, path))
         return report
     finally:

@@ -28,7 +28,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Orbax and TFDS log every file operation at INFO; the progress lines are what a user wants to see.
     logging.set_verbosity(logging.WARNING)
-    from flax_fld import evaluate, robust_eval, train
+    from flax_fld import evaluate, reporting, robust_eval, run_outputs, train
 
     try:
         config, model, variables, _ = train.load_for_inference(_WORKDIR.value, which=_WHICH.value)
@@ -41,8 +41,8 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as error:
         sys.exit(f"error: {error}")
     report["checkpoint"] = f"{_WHICH.value} checkpoint"
-    report["method"] = evaluate.method_name(config)
-    table = evaluate.write_report(_WORKDIR.value, report, config)
+    report["method"] = reporting.method_name(config)
+    table = run_outputs.write_report(_WORKDIR.value, report, config)
     print(f"{_SPLIT.value} split, {_WHICH.value} checkpoint:\n{table}")
     if "strong_robust" in report:
         print(robust_eval.format_strong(report["strong_robust"], report["method"]))

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from flax_fld import evaluate, metrics, train
+from flax_fld import metrics, reporting, train
 from flax_fld.config_files import load_sibling_config
 from flax_fld.models import fld, get_classifier
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
@@ -161,8 +161,8 @@ def _report(per_class_correct, support=10):
 
 def test_selection_key_breaks_worst_class_ties_by_balanced_accuracy():
     early, later = _report([10, 0, 0, 0]), _report([10, 9, 0, 8])
-    assert evaluate.selection_value(early, "worst_class") == evaluate.selection_value(later, "worst_class") == 0
-    assert evaluate.selection_key(later, "worst_class") > evaluate.selection_key(early, "worst_class")
+    assert reporting.selection_value(early, "worst_class") == reporting.selection_value(later, "worst_class") == 0
+    assert reporting.selection_key(later, "worst_class") > reporting.selection_key(early, "worst_class")
 
 
 def test_collapse_is_reported_and_warned():
@@ -172,17 +172,17 @@ def test_collapse_is_reported_and_warned():
     report["split"] = "test"
     assert report["collapsed"] and report["predicted_classes"] == 1
     assert report["classes_at_zero"] == ["a", "b", "d"]
-    assert "collapsed" in evaluate.collapse_warning(report)
+    assert "collapsed" in reporting.collapse_warning(report)
     healthy = _report([9, 8, 7, 6])
-    assert not healthy["collapsed"] and evaluate.collapse_warning(healthy) == ""
-    assert "b" in evaluate.collapse_warning(_report([9, 0, 7, 6]))
+    assert not healthy["collapsed"] and reporting.collapse_warning(healthy) == ""
+    assert "b" in reporting.collapse_warning(_report([9, 0, 7, 6]))
 
 
 def test_unsettled_classes_are_those_falling_from_half_to_zero_late():
     curves = [[0, 100, 50, 10], [90, 0, 60, 10], [0, 80, 55, 0], [95, 85, 0, 30]]
     # Class a falls 90 -> 0 (epochs 2-3), c falls 55 -> 0 (3-4); b's fall (1-2) is before the window; d < 50.
-    assert evaluate.unsettled_classes(curves, ["a", "b", "c", "d"]) == ["a", "c"]
-    assert evaluate.unsettled_classes(curves, ["a", "b", "c", "d"], last=2) == ["c"]
-    assert evaluate.unsettled_classes(curves[:1], ["a", "b", "c", "d"]) == []
+    assert reporting.unsettled_classes(curves, ["a", "b", "c", "d"]) == ["a", "c"]
+    assert reporting.unsettled_classes(curves, ["a", "b", "c", "d"], last=2) == ["c"]
+    assert reporting.unsettled_classes(curves[:1], ["a", "b", "c", "d"]) == []
     # A fall over two epochs (60 -> 30 -> 0) counts too.
-    assert evaluate.unsettled_classes([[60.0], [30.0], [0.0]], ["a"]) == ["a"]
+    assert reporting.unsettled_classes([[60.0], [30.0], [0.0]], ["a"]) == ["a"]
