@@ -107,7 +107,7 @@ def evaluate_split(
     model: fld.FLDModel,
     variables: dict,
     config: ml_collections.ConfigDict,
-    data_dir: str,
+    data: input_pipeline.DataSource,
     *,
     split: str,
     robust: bool,
@@ -119,7 +119,7 @@ def evaluate_split(
         model: the FLD model (``fld.create_fld_model``).
         variables: ``{'params', 'batch_stats'}`` (e.g. ``TrainState.inference_variables()``).
         config: the run's config (``data``, ``adv.eval_*``, ``train.eval_batch_size``, ``seed``).
-        data_dir: where the prepared data set lives.
+        data: the run's prepared data set (``input_pipeline.prepare_data_source``).
         split: ``train`` | ``validation`` | ``test``.
         robust: add ``robust[attack_name]`` from PGD-CE with ``adv.eval_epsilon/eval_steps/eval_step_size``.
         both_threat_models: with decouplers, also attack under the other threat model than
@@ -130,8 +130,7 @@ def evaluate_split(
     """
     def batches():
         return input_pipeline.eval_batches(
-            config.data,
-            data_dir,
+            data,
             split=split,
             per_device_batch_size=int(config.train.eval_batch_size),
             local_device_count=jax.local_device_count(),
@@ -142,7 +141,7 @@ def evaluate_split(
     clean, adversarial = confusion_matrices(
         model, variables, batches(), adv_config=config.adv, robust=robust, seed=int(config.seed)
     )
-    class_names = list(config.data.class_names)
+    class_names = list(data.info.class_names)
     report = metrics.class_report(clean, class_names)
     report["robust"] = {}
     if adversarial is not None:
@@ -285,7 +284,8 @@ def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) 
 
 
 def plot_decoupling_examples(
-    model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict, data_dir: str, path: str
+    model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict, data: input_pipeline.DataSource,
+    path: str
 ) -> str | None:
     """The first ``train.num_grid_examples`` test images with IC2's reconstruction and both feature maps."""
     from flax_fld import plots
@@ -294,7 +294,7 @@ def plot_decoupling_examples(
     if count <= 0:
         return None
     batch = next(iter(input_pipeline.eval_batches(
-        config.data, data_dir, split="test", per_device_batch_size=count, local_device_count=1
+        data, split="test", per_device_batch_size=count, local_device_count=1
     )))
     mask = batch["mask"].reshape(-1)
     images = batch["image"].reshape((-1,) + batch["image"].shape[2:])[mask]
@@ -304,6 +304,6 @@ def plot_decoupling_examples(
     probabilities = np.asarray(jax.nn.softmax(logits, -1))
     return plots.plot_decoupling_grid(
         images, parts.get("x_hat"), parts.get("feat1"), parts.get("feat2"), labels.tolist(),
-        list(config.data.class_names), path, predictions=probabilities.argmax(-1).tolist(),
+        list(data.info.class_names), path, predictions=probabilities.argmax(-1).tolist(),
         probabilities=probabilities,
     )
