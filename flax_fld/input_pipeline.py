@@ -15,7 +15,6 @@ contiguous slice of each global batch, so all processes run the same number of s
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Iterator
@@ -55,8 +54,8 @@ class DatasetInfo:
     split_record: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (WORKDIR/dataset_info.json)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The fields as a dict for JSON (WORKDIR/dataset_info.json); tuples become lists there."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "DatasetInfo":
@@ -100,7 +99,7 @@ def _remove_empty_parents(path: str, stop: str) -> None:
 def _info_from_builder(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
     features = builder.info.features
     counts = builder.info.metadata["class_counts"]
-    record = os.path.join(builder.data_dir, base.SPLIT_RECORD_FILENAME)
+    record = os.path.abspath(os.path.join(builder.data_dir, base.SPLIT_RECORD_FILENAME))
     return DatasetInfo(
         class_names=tuple(features["label"].names),
         image_shape=tuple(int(d) for d in features["image"].shape),

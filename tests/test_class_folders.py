@@ -148,14 +148,14 @@ def test_patients_stay_in_one_split_and_the_counts_are_printed(tmp_path, capsys)
         assert split_of.setdefault(row["patient"], row["split"]) == row["split"], row  # one split per patient
         assert row["path"].split(os.sep)[-1].startswith(row["patient"] + "_")
     assert set(split_of) == set(frames["normal"]) | set(frames["fatty"])
-    assert "patients from data.patient_regex='^(P\\\\d+)_'" in out
+    assert "patients from data.patient_regex='^(P\\d+)_'" in out
     for name in ("normal", "fatty"):
         parts = []
         for split in ("train", "validation", "test"):
             chosen = [row for row in rows if row["class"] == name and row["split"] == split]
             patients = {row["patient"] for row in chosen}
             assert patients, (name, split)  # every class in every split
-            parts.append(f"{split} {len(patients)} patients / {len(chosen)} images")
+            parts.append(f"{split} {len(patients)} patient{'s' * (len(patients) != 1)} / {len(chosen)} images")
         assert f"  {name}: {', '.join(parts)}" in out
     # The whole match serves as the id when the regex has no group; other ids, other prepared data set.
     whole = class_folders.list_images(str(root), fractions=(0.7, 0.15, 0.15), seed=3, patient_regex=r"P\d+")
@@ -263,13 +263,15 @@ def _patient_in_two_splits(root):
     (lambda root: root.mkdir(), {}, "no class folders in .*scans"),
     (_only_text, {}, r"empty class: no .* images in .*scans/a"),
     (lambda root: write_plain(root, {"a": 3, "b": 0}), {}, "empty class: no .* images in .*scans/b"),
-    (lambda root: write_plain(root, {"a": 3}), {}, r"scans holds one class folder \['a'\]; a classifier needs at least two"),
+    (lambda root: write_plain(root, {"a": 3}), {},
+     r"scans holds one class folder \['a'\]; a classifier needs at least two"),
     (lambda root: None, {}, r"data.root='.*scans' is not a folder"),
     (lambda root: write_plain(root, {"a": 3, "b": 3}), {"patient_regex": r"^(P\d+)_"},
-     r"data.patient_regex='\^\(P\\\\d\+\)_' matches none of the 6 image file names under .*scans"),
+     r"data.patient_regex='\^\(P\\d\+\)_' matches none of the 6 image file names under .*scans"),
     (_one_file_without_patient, {"patient_regex": r"^(P\d+)_"},
      "finds no patient id in 1 of the 9 image file names under .*scans, e.g. 'scan.png'"),
-    (lambda root: write_plain(root, {"a": 3, "b": 3}), {"patient_regex": "(P"}, r"data.patient_regex='\(P' does not compile"),
+    (lambda root: write_plain(root, {"a": 3, "b": 3}), {"patient_regex": "(P"},
+     r"data.patient_regex='\(P' does not compile"),
     (lambda root: write_plain(root, {"a": 3, "b": 3}), {"split_fractions": (0.7, 0.2, 0.2)},
      r"data.split_fractions=\(0.7, 0.2, 0.2\) sums to 1.1; the fractions must sum to 1"),
     (lambda root: write_plain(root, {"a": 3, "b": 3}), {"split_fractions": (0.8, 0.0, 0.2)},

@@ -150,7 +150,7 @@ def _check_patients_in_one_split(rows: Sequence[folder_split.Row], patient_regex
             continue
         seen = first_seen.setdefault(row.patient, row)
         if seen.split != row.split:
-            raise ValueError(f"patient {row.patient!r} (data.patient_regex={patient_regex!r}) has images in both "
+            raise ValueError(f"patient {row.patient!r} (data.patient_regex='{patient_regex}') has images in both "
                              f"{seen.split} and {row.split}: {seen.path} and {row.path}")
 
 
@@ -205,7 +205,7 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
         print(f"class_folders: class names from the folders of {root}, sorted by name: {order}", flush=True)
     made = ("split by its train/validation/test folders" if listing.split_given
             else f"split made with data.split_fractions={fractions}, data.split_seed={seed}")
-    grouped = f", patients from data.patient_regex={patient_regex!r}" if patient_regex else ""
+    grouped = f", patients from data.patient_regex='{patient_regex}'" if patient_regex else ""
     print("\n".join([f"class_folders: {root}: {made}{grouped}"] + folder_split.summary(rows, class_names)),
           flush=True)
     fingerprint = base.short_hash(

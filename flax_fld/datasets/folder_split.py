@@ -56,7 +56,7 @@ def compile_patient_regex(pattern: str) -> re.Pattern | None:
     try:
         return re.compile(pattern)
     except re.error as error:
-        raise ValueError(f"data.patient_regex={pattern!r} does not compile: {error}") from None
+        raise ValueError(f"data.patient_regex='{pattern}' does not compile: {error}") from None
 
 
 def patient_ids(paths: Sequence[str], regex: re.Pattern, root: str) -> list[str]:
@@ -72,10 +72,10 @@ def patient_ids(paths: Sequence[str], regex: re.Pattern, root: str) -> list[str]
         if not patient:
             missing.append(os.path.basename(path))
     if len(missing) == len(paths):
-        raise ValueError(f"data.patient_regex={regex.pattern!r} matches none of the {len(paths)} image file names "
+        raise ValueError(f"data.patient_regex='{regex.pattern}' matches none of the {len(paths)} image file names "
                          f"under {root} (e.g. {missing[0]!r})")
     if missing:
-        raise ValueError(f"data.patient_regex={regex.pattern!r} finds no patient id in {len(missing)} of the "
+        raise ValueError(f"data.patient_regex='{regex.pattern}' finds no patient id in {len(missing)} of the "
                          f"{len(paths)} image file names under {root}, e.g. {missing[0]!r}")
     return ids
 
@@ -139,7 +139,8 @@ def summary(rows: Sequence[Row], class_names: Sequence[str]) -> list[str]:
         parts = []
         for split in base.SPLITS:
             chosen = [row for row in rows if row.label == label and row.split == split]
-            patients = f"{len({row.patient for row in chosen})} patients / " if grouped else ""
+            count = len({row.patient for row in chosen})
+            patients = f"{count} patient{'s' * (count != 1)} / " if grouped else ""
             parts.append(f"{split} {patients}{len(chosen)} images")
         lines.append(f"  {name}: {', '.join(parts)}")
     return lines
