@@ -17,12 +17,22 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = data = ml_collections.ConfigDict()
     data.name = "synthetic_fatty_liver"  # One of: synthetic_fatty_liver, class_folders, byra_liver, medmnist_npz.
-    data.data_dir = ""  # Where prepared TFDS data sets live; "" means WORKDIR/../tfds_data (shared by runs).
+    data.data_dir = ""  # Where prepared TFDS data sets live; "" means WORKDIR/../tfds_data (shared by sibling runs).
     data.image_size = 64  # Side of the square images fed to the model (pixels).
     data.channels = 1  # 1 for grayscale B-mode, 3 for RGB screenshots.
-    data.class_names = ("normal", "mild", "moderate", "severe")  # Class order = label index.
+    # Class order = label index. class_folders: () takes the class folders' names, sorted (printed).
+    data.class_names = ("normal", "mild", "moderate", "severe")
     data.num_examples = 1056  # synthetic only: images in train+validation+test (4x the paper's 264-image test split).
-    data.root = ""  # class_folders: root with {train,validation,test}/<class>/images; byra/medmnist: the file path.
+    # class_folders: root/<class>/images (the project splits them) or root/{train,validation,test}/<class>/images
+    # (your split, used as it is); byra_liver/medmnist_npz: the file path.
+    data.root = ""
+    # class_folders, root/<class>/ layout: shares of every class's images in train/validation/test (each > 0,
+    # sum 1) and the seed of that split; the assignment is written to split_assignment.csv.
+    data.split_fractions = (0.7, 0.15, 0.15)
+    data.split_seed = 0
+    # class_folders: regular expression on an image's file name whose first group (or whole match) is its
+    # patient id, e.g. '^(P\d+)_' for P017_frame03.png; every patient's frames then go to one split. "": none.
+    data.patient_regex = ""
     data.augment = True  # Train-time flip / shift / gain jitter (never a vertical flip: depth is physical).
 
     config.model = model = ml_collections.ConfigDict()

@@ -7,7 +7,6 @@ validation value so far, ...). Saving the iterator position next to the state is
 same command continue with exactly the batches an uninterrupted run would have seen.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -149,24 +148,34 @@ def _write_json(path: str, payload: Any) -> None:
 
 
 def write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
-    """WORKDIR/config.json (the resolved config) and WORKDIR/dataset_info.json (classes, image shape, counts)."""
+    """WORKDIR/config.json (the resolved config), WORKDIR/dataset_info.json (``info.to_dict()``: classes, image
+    shape, counts) and, when the project made the split, a copy of its WORKDIR/split_assignment.csv."""
     if jax.process_index() != 0:
         return
     with open(os.path.join(workdir, CONFIG_FILENAME) + ".tmp", "w", encoding="utf-8") as handle:
         handle.write(config.to_json_best_effort(indent=2))
     os.replace(os.path.join(workdir, CONFIG_FILENAME) + ".tmp", os.path.join(workdir, CONFIG_FILENAME))
-    _write_json(os.path.join(workdir, DATASET_INFO_FILENAME), dataclasses.asdict(info))
+    _write_json(os.path.join(workdir, DATASET_INFO_FILENAME), info.to_dict())
+    if info.split_record:
+        # The run keeps the assignment it trained on, whatever later happens to the prepared data.
+        target = os.path.join(workdir, os.path.basename(info.split_record))
+        shutil.copyfile(info.split_record, target + ".tmp")
+        os.replace(target + ".tmp", target)
 
 
 def read_run_files(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """``(config, dataset_info dict)`` written by ``write_run_files``; ValueError if the run has none."""
+    """``(config, dataset_info dict)`` written by ``write_run_files`` ({} if the run has no dataset_info.json;
+    ``input_pipeline.DatasetInfo.from_dict`` rebuilds it); ValueError if the run has no config.json."""
     path = os.path.join(workdir, CONFIG_FILENAME)
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist: is {workdir!r} a training workdir?")
     with open(path, encoding="utf-8") as handle:
-        config = ml_collections.ConfigDict(json.load(handle))
-    # JSON has no tuples; the class names are a tuple everywhere else.
-    config.data.class_names = tuple(config.data.class_names)
+        payload = json.load(handle)
+    # JSON has no tuples; these are tuples everywhere else (set before the ConfigDict fixes the field types).
+    for key in ("class_names", "split_fractions"):
+        if key in payload.get("data", {}):
+            payload["data"][key] = tuple(payload["data"][key])
+    config = ml_collections.ConfigDict(payload)
     info_path = os.path.join(workdir, DATASET_INFO_FILENAME)
     info = {}
     if os.path.exists(info_path):
@@ -204,6 +213,11 @@ RESUMABLE_KEYS = (
 )
 
 
+# Run-defining keys added after runs were already written, with the value an older run implicitly used: a
+# workdir whose config.json lacks one resumes as long as the new config keeps that value.
+ADDED_KEYS = {"data.split_fractions": [0.7, 0.15, 0.15], "data.split_seed": 0, "data.patient_regex": ""}
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         flat = {}
@@ -230,6 +244,8 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[str]
     changes = []
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_KEYS or old.get(key, "<unset>") == new.get(key, "<unset>"):
+            continue
+        if key not in old and key in ADDED_KEYS and new.get(key) == ADDED_KEYS[key]:
             continue
         changes.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
     return changes

@@ -7,11 +7,13 @@ would otherwise train for an hour and exit 0, or fail only after compiling.
 
 import math
 import os
+import re
 from collections.abc import Callable
 
 import ml_collections
 
 from flax_fld import color, datasets, pretrained, weight_averaging
+from flax_fld.datasets import folder_split
 from flax_fld.models import registry
 from flax_fld.models.icfdnet import ICFDNET_PRESETS, NORMS
 from flax_fld.models.vit import VIT_PRESETS
@@ -49,6 +51,24 @@ def _boolean(value) -> str:
     return "" if isinstance(value, bool) else "True or False"
 
 
+def _split_fractions(value) -> str:
+    try:
+        folder_split.check_fractions(value)
+    except ValueError:
+        return "three fractions (train, validation, test), each > 0, summing to 1"
+    return ""
+
+
+def _regular_expression(value) -> str:
+    if not isinstance(value, str):
+        return "a regular expression string ('' for none)"
+    try:
+        re.compile(value)
+    except re.error as error:
+        return f"a regular expression that compiles ({error})"
+    return ""
+
+
 POSITIVE_INT = _number(1, integer=True)
 NON_NEGATIVE_INT = _number(0, integer=True)
 NON_NEGATIVE = _number(0)
@@ -61,6 +81,9 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "data.image_size": _number(MIN_IMAGE_SIZE, integer=True),
     "data.channels": _one_of((1, 3)),
     "data.augment": _boolean,
+    "data.split_fractions": _split_fractions,
+    "data.split_seed": NON_NEGATIVE_INT,
+    "data.patient_regex": _regular_expression,
     "model.classifier": _one_of(sorted(registry)),
     "model.vit_preset": _one_of(sorted(VIT_PRESETS)),
     "model.icfdnet_preset": _one_of(sorted(ICFDNET_PRESETS)),
@@ -146,8 +169,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if problem:
             raise ValueError(f"config.{key}={value!r}: expected {problem}")
     names = tuple(config.data.class_names)
-    if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"config.data.class_names={names!r}: expected two or more distinct, non-empty names")
+    from_folders = not names and config.data.name == "class_folders"  # () takes the class folders' names
+    if not from_folders and (len(names) < 2 or len(set(names)) != len(names)
+                             or not all(isinstance(n, str) and n for n in names)):
+        raise ValueError(f"config.data.class_names={names!r}: expected two or more distinct, non-empty names"
+                         " (or () with data.name='class_folders' to take the class folders' names)")
     init_from = config.model.get("init_from", "")
     if init_from and config.model.classifier not in pretrained.SUPPORTED:
         raise ValueError(f"config.model.init_from={init_from!r}: classifier {config.model.classifier!r} has no "

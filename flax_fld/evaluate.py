@@ -108,7 +108,7 @@ def evaluate_split(
     model: fld.FLDModel,
     variables: dict,
     config: ml_collections.ConfigDict,
-    data_dir: str,
+    data: input_pipeline.DataSource,
     *,
     split: str,
     robust: bool,
@@ -120,7 +120,7 @@ def evaluate_split(
         model: the FLD model (``fld.create_fld_model``).
         variables: ``{'params', 'batch_stats'}`` (e.g. ``TrainState.inference_variables()``).
         config: the run's config (``data``, ``adv.eval_*``, ``train.eval_batch_size``, ``seed``).
-        data_dir: where the prepared data set lives.
+        data: the run's prepared data set (``input_pipeline.prepare_data_source``).
         split: ``train`` | ``validation`` | ``test``.
         robust: add ``robust[attack_name]`` from PGD-CE with ``adv.eval_epsilon/eval_steps/eval_step_size``.
         both_threat_models: with decouplers, also attack under the other threat model than
@@ -131,8 +131,7 @@ def evaluate_split(
     """
     def batches():
         return input_pipeline.eval_batches(
-            config.data,
-            data_dir,
+            data,
             split=split,
             per_device_batch_size=int(config.train.eval_batch_size),
             local_device_count=jax.local_device_count(),
@@ -143,7 +142,7 @@ def evaluate_split(
     clean, adversarial = confusion_matrices(
         model, variables, batches(), adv_config=config.adv, robust=robust, seed=int(config.seed)
     )
-    class_names = list(config.data.class_names)
+    class_names = list(data.info.class_names)
     report = metrics.class_report(clean, class_names)
     report["robust"] = {}
     if adversarial is not None:

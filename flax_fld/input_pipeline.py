@@ -1,5 +1,8 @@
 """Deterministic, resumable numpy input pipeline over TFDS array_record data sources (no TensorFlow).
 
+One path: ``prepare_data_source(config.data, resolve_data_dir(config.data, workdir))`` prepares the data set
+once per run and returns a ``DataSource``; ``TrainIterator``, ``eval_batches`` and ``load_split`` read from it.
+
 Random access through `builder.as_data_source()` makes exact resumption trivial: the position is just
 (epoch, step); the shuffle order is a permutation seeded by (seed, epoch) and each example's augmentation is
 seeded by (seed, epoch, example index), so a restored iterator yields bit-identical batches.
@@ -28,6 +31,18 @@ _GAIN_RANGE = (0.85, 1.15)  # Multiplicative gain (the scanner's overall gain kn
 _CONTRAST_RANGE = (0.85, 1.15)  # Contrast around the image mean (dynamic range / display map).
 _BRIGHTNESS_RANGE = (-0.05, 0.05)  # Additive offset.
 
+DATA_DIRNAME = "tfds_data"
+
+
+def resolve_data_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where prepared data sets live: ``data.data_dir``, else ``tfds_data`` next to the workdir.
+
+    Next to, not inside: runs in sibling workdirs (workdir/demo, workdir/ablation, ...) share one prepared set.
+    """
+    if data_config.get("data_dir", ""):
+        return str(data_config.data_dir)
+    return os.path.join(os.path.dirname(os.path.abspath(workdir)), DATA_DIRNAME)
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -35,6 +50,27 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]  # (H, W, C) as fed to the model.
     num_examples: dict[str, int]  # split -> count ('train', 'validation', 'test').
     class_counts: dict[str, tuple[int, ...]]  # split -> per-class counts.
+    # The CSV (path, class, patient, split) of a split the project made (class_folders); "" when none.
+    split_record: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict for JSON (WORKDIR/dataset_info.json); tuples become lists there."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "DatasetInfo":
+        """The inverse of ``to_dict``; ValueError naming the missing field."""
+        try:
+            return cls(
+                class_names=tuple(payload["class_names"]),
+                image_shape=tuple(int(d) for d in payload["image_shape"]),
+                num_examples={split: int(n) for split, n in payload["num_examples"].items()},
+                class_counts={split: tuple(int(c) for c in counts)
+                              for split, counts in payload["class_counts"].items()},
+                split_record=str(payload.get("split_record", "")),
+            )
+        except KeyError as error:
+            raise ValueError(f"dataset info lacks the field {error.args[0]!r}") from None
 
 
 def _prepared_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -63,21 +99,45 @@ def _remove_empty_parents(path: str, stop: str) -> None:
 def _info_from_builder(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
     features = builder.info.features
     counts = builder.info.metadata["class_counts"]
+    record = os.path.abspath(os.path.join(builder.data_dir, base.SPLIT_RECORD_FILENAME))
     return DatasetInfo(
         class_names=tuple(features["label"].names),
         image_shape=tuple(int(d) for d in features["image"].shape),
         num_examples={split: int(builder.info.splits[split].num_examples) for split in base.SPLITS},
         class_counts={split: tuple(int(c) for c in counts[split]) for split in base.SPLITS},
+        split_record=record if os.path.exists(record) else "",
     )
 
 
-def prepare_dataset(data_config: ml_collections.ConfigDict, data_dir: str) -> DatasetInfo:
-    """Build the data set for config.data under data_dir if it is not there yet; describe it.
+class DataSource:
+    """A prepared data set, opened once per run: its description and random access to each split.
+
+    Made by ``prepare_data_source``; ``TrainIterator``, ``eval_batches`` and ``load_split`` read through it,
+    so the builder (for class_folders: the listing and checks of every file) is made once, not per epoch.
+    """
+
+    def __init__(self, builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict):
+        self.builder = builder
+        self.config = data_config  # the config.data it was made from (``augment`` is read from it)
+        self.info = _info_from_builder(builder)
+        self._splits: dict[str, Any] = {}
+
+    def split(self, name: str):
+        """Random-access source of split ``name``: len() and __getitems__(indices) -> [{'image', 'label'}]."""
+        if name not in base.SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {base.SPLITS}")
+        if name not in self._splits:
+            self._splits[name] = self.builder.as_data_source(split=name)
+        return self._splits[name]
+
+
+def prepare_data_source(data_config: ml_collections.ConfigDict, data_dir: str) -> DataSource:
+    """Build the data set for config.data under data_dir if it is not there yet, and open it.
 
     Idempotent; a failed preparation leaves no partial data set and never touches a prepared one.
     Raises ValueError with a one-line message on bad input.
     """
-    return _info_from_builder(_prepared_builder(data_config, data_dir))
+    return DataSource(_prepared_builder(data_config, data_dir), data_config)
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -130,8 +190,7 @@ class TrainIterator:
 
     def __init__(
         self,
-        data_config: ml_collections.ConfigDict,
-        data_dir: str,
+        data: DataSource,
         *,
         per_device_batch_size: int,
         local_device_count: int,
@@ -141,18 +200,15 @@ class TrainIterator:
         process_count: int = 1,
     ):
         _check_batching(per_device_batch_size, local_device_count, process_index, process_count)
-        builder = _prepared_builder(data_config, data_dir)
-        self.info = _info_from_builder(builder)
-        if split not in base.SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {base.SPLITS}")
-        self._source = builder.as_data_source(split=split)
+        self.info = data.info
+        self._source = data.split(split)
         self._num_examples = len(self._source)
         self._devices, self._per_device = local_device_count, per_device_batch_size
         self._local_batch = local_device_count * per_device_batch_size
         self._global_batch = self._local_batch * process_count
         self._process_index = process_index
         self._seed = int(seed)
-        self._augment = bool(data_config.augment)
+        self._augment = bool(data.config.augment)
         self.steps_per_epoch = self._num_examples // self._global_batch
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -210,8 +266,7 @@ class TrainIterator:
 
 
 def eval_batches(
-    data_config: ml_collections.ConfigDict,
-    data_dir: str,
+    data: DataSource,
     *,
     split: str,
     per_device_batch_size: int,
@@ -225,11 +280,8 @@ def eval_batches(
     padded with zero images (mask False). All processes yield the same number of batches.
     """
     _check_batching(per_device_batch_size, local_device_count, process_index, process_count)
-    if split not in base.SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {base.SPLITS}")
-    builder = _prepared_builder(data_config, data_dir)
-    source = builder.as_data_source(split=split)
-    image_shape = tuple(int(d) for d in builder.info.features["image"].shape)
+    source = data.split(split)
+    image_shape = data.info.image_shape
     num_examples = len(source)
     local_batch = local_device_count * per_device_batch_size
     global_batch = local_batch * process_count
@@ -249,11 +301,9 @@ def eval_batches(
         }
 
 
-def measure_throughput(
-    data_config: ml_collections.ConfigDict, data_dir: str, *, batch_size: int, num_batches: int
-) -> float:
+def measure_throughput(data: DataSource, *, batch_size: int, num_batches: int) -> float:
     """Training-pipeline images/second (read + decode + augment) on this machine, after one warm-up batch."""
-    iterator = TrainIterator(data_config, data_dir, per_device_batch_size=batch_size, local_device_count=1, seed=0)
+    iterator = TrainIterator(data, per_device_batch_size=batch_size, local_device_count=1, seed=0)
     next(iterator)
     start = time.perf_counter()
     for _ in range(num_batches):
@@ -261,13 +311,11 @@ def measure_throughput(
     return num_batches * batch_size / (time.perf_counter() - start)
 
 
-def load_split(data_config: ml_collections.ConfigDict, data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(data: DataSource, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A whole split in memory, in order, without augmentation: (float32 [N, H, W, C] in [0, 1], int32 [N]).
 
     For small-data baselines (``linear_probe``); training reads batches through ``TrainIterator``.
     """
-    if split not in base.SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {base.SPLITS}")
-    source = _prepared_builder(data_config, data_dir).as_data_source(split=split)
+    source = data.split(split)
     images, labels = _read(source, np.arange(len(source)))
     return images.astype(np.float32) / 255.0, labels

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -53,16 +52,15 @@ def predict(params: dict, features: np.ndarray) -> np.ndarray:
     return np.asarray(jnp.argmax(jnp.asarray(features) @ params["w"] + params["b"], axis=-1))
 
 
-def fit_linear_probe(data_config: ml_collections.ConfigDict, data_dir: str,
-                     l2_grid: Sequence[float] = DEFAULT_L2_GRID) -> dict:
+def fit_linear_probe(data: input_pipeline.DataSource, l2_grid: Sequence[float] = DEFAULT_L2_GRID) -> dict:
     """Test-split report (``metrics.class_report`` fields plus ``l2``, ``class_names``, ``split``, ``robust``)."""
-    splits = {split: input_pipeline.load_split(data_config, data_dir, split)
+    splits = {split: input_pipeline.load_split(data, split)
               for split in ("train", "validation", "test")}
     flat = {split: images.reshape(len(images), -1) for split, (images, _) in splits.items()}
     mean, std = flat["train"].mean(0), flat["train"].std(0) + 1e-3
     features = {split: (values - mean) / std for split, values in flat.items()}
     labels = {split: labels for split, (_, labels) in splits.items()}
-    class_names = list(data_config.class_names)
+    class_names = list(data.info.class_names)
     num_classes = len(class_names)
 
     def report(params, split):

@@ -214,8 +214,8 @@ def _parallel_fld_step(model: fld.FLDModel, settings: StrongSettings, end_to_end
     return jax.pmap(step, axis_name="batch", in_axes=(None, 0, None, None, None), out_axes=None)
 
 
-def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict, data_dir: str, *,
-                    split: str = "test") -> dict:
+def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict,
+                    data: input_pipeline.DataSource, *, split: str = "test") -> dict:
     """The ``strong_robust`` field of eval.json for ``split``, under ``adv.eval_through_decouplers``' threat model.
 
     Radius and PGD step: ``adv.eval_epsilon`` / ``adv.eval_step_size``; budget: ``adv.strong_*``. The
@@ -227,7 +227,7 @@ def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections
         ``{'threat_model', 'epsilon', 'pgd_step_size', 'settings', 'attacks': {attack: class_report},
         'per_class_accuracy': {attack: {class: percent}}, 'large_radius', 'sanity_checks', 'warnings'}``.
     """
-    adv, class_names = config.adv, list(config.data.class_names)
+    adv, class_names = config.adv, list(data.info.class_names)
     settings = settings_from_config(adv)
     end_to_end = bool(adv.get("eval_through_decouplers", True))
     step = _parallel_fld_step(model, settings, end_to_end)
@@ -236,7 +236,7 @@ def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections
     large_examples = int(adv.get("strong_sanity_examples", 64))
     max_large = float(adv.get("strong_sanity_max_accuracy", 10.0))
     batches = input_pipeline.eval_batches(
-        config.data, data_dir, split=split, per_device_batch_size=int(config.train.eval_batch_size),
+        data, split=split, per_device_batch_size=int(config.train.eval_batch_size),
         local_device_count=jax.local_device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

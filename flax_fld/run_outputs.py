@@ -113,14 +113,15 @@ def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) 
 
 
 def plot_decoupling_examples(
-    model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict, data_dir: str, path: str
+    model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict, data: input_pipeline.DataSource,
+    path: str
 ) -> str | None:
     """The first ``train.num_grid_examples`` test images with IC2's reconstruction and both feature maps."""
     count = int(config.train.get("num_grid_examples", 8))
     if count <= 0:
         return None
     batch = next(iter(input_pipeline.eval_batches(
-        config.data, data_dir, split="test", per_device_batch_size=count, local_device_count=1
+        data, split="test", per_device_batch_size=count, local_device_count=1
     )))
     mask = batch["mask"].reshape(-1)
     images = batch["image"].reshape((-1,) + batch["image"].shape[2:])[mask]
@@ -130,6 +131,6 @@ def plot_decoupling_examples(
     probabilities = np.asarray(jax.nn.softmax(logits, -1))
     return plots.plot_decoupling_grid(
         images, parts.get("x_hat"), parts.get("feat1"), parts.get("feat2"), labels.tolist(),
-        list(config.data.class_names), path, predictions=probabilities.argmax(-1).tolist(),
+        list(data.info.class_names), path, predictions=probabilities.argmax(-1).tolist(),
         probabilities=probabilities,
     )

@@ -263,13 +263,6 @@ def jitted_end_epoch(adv_config: ml_collections.FrozenConfigDict):
     return jax.jit(functools.partial(end_epoch, adv_config=adv_config), donate_argnums=(0,))
 
 
-def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """``config.data.data_dir``, or ``tfds_data`` next to the workdir so that runs share one prepared set."""
-    if config.data.data_dir:
-        return config.data.data_dir
-    return os.path.join(os.path.dirname(os.path.abspath(workdir)), "tfds_data")
-
-
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
     """Host-side mean of per-step metric dicts (one device_get for the whole window)."""
     history = jax.device_get(history)
@@ -312,12 +305,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"{workdir} holds a run trained with other settings ({'; '.join(changes)}): use a new --workdir to "
             "start fresh, or add --config.train.resume_with_changes=True to continue it with the new settings")
     os.makedirs(workdir, exist_ok=True)
-    data_dir = resolve_data_dir(config, workdir)
+    data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
     # Several processes on one file system: process 0 builds the data set, the others then find it ready.
-    info = distributed.main_process_first(lambda: input_pipeline.prepare_dataset(config.data, data_dir))
+    data = distributed.main_process_first(lambda: input_pipeline.prepare_data_source(config.data, data_dir))
+    info = data.info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     train_iter = input_pipeline.TrainIterator(
-        config.data, data_dir, per_device_batch_size=int(config.train.per_device_batch_size),
+        data, per_device_batch_size=int(config.train.per_device_batch_size),
         local_device_count=jax.local_device_count(), seed=int(config.seed),
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
@@ -347,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "the first step compiles")
 
     def validate(variables):
-        return evaluate.evaluate_split(model, variables, config, data_dir, split="validation",
+        return evaluate.evaluate_split(model, variables, config, data, split="validation",
                                        robust=bool(config.train.validate_robust))
 
     try:
@@ -362,13 +356,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         best = checkpointer.restore(state, "best")
         final_state = best[0] if best else state
         variables = final_state.inference_variables()
-        report = evaluate.evaluate_split(model, variables, config, data_dir, split="test", robust=True,
+        report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True,
                                          both_threat_models=True)
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["method"] = reporting.method_name(config)
         outputs.test_report(int(state.step), report, config, lambda path: run_outputs.plot_decoupling_examples(
-            model, variables, config, data_dir, path))
+            model, variables, config, data, path))
         return report
     finally:
         checkpointer.wait()
@@ -384,13 +378,10 @@ def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collection
     """
     config, info_dict = checkpointing.read_run_files(workdir)
     if info_dict:
-        info = input_pipeline.DatasetInfo(
-            class_names=tuple(info_dict["class_names"]), image_shape=tuple(info_dict["image_shape"]),
-            num_examples=dict(info_dict["num_examples"]),
-            class_counts={split: tuple(counts) for split, counts in info_dict["class_counts"].items()},
-        )
+        info = input_pipeline.DatasetInfo.from_dict(info_dict)
     else:
-        info = input_pipeline.prepare_dataset(config.data, resolve_data_dir(config, workdir))
+        data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
+        info = input_pipeline.prepare_data_source(config.data, data_dir).info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     template = create_train_state(config, model, info.image_shape, jax.random.key(0), steps_per_epoch=1)
     checkpointer = checkpointing.Checkpointer(workdir, keep=1, async_save=False)

@@ -18,8 +18,8 @@ a deep row below a linear model shows at once. A run whose test predictions coll
 
 Each run trains with ``train.train_and_evaluate`` in WORKDIR/<backbone>/<row>/seed_<s>; a run whose directory
 already has eval.json is not repeated, so re-running the same command resumes the ablation. All runs share
-one prepared data set (WORKDIR/tfds_data unless config.data.data_dir is set). After every run the partial
-table is rewritten to WORKDIR/ablation.md and WORKDIR/ablation.json.
+one prepared data set (WORKDIR/../tfds_data, as for any workdir, unless config.data.data_dir is set). After
+every run the partial table is rewritten to WORKDIR/ablation.md and WORKDIR/ablation.json.
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ def linear_floor_result(config: ml_collections.ConfigDict, workdir: str, data_di
         with open(path, encoding="utf-8") as handle:
             report = json.load(handle)
     else:
-        from flax_fld import linear_probe  # the training stack, as in run_ablation
+        from flax_fld import input_pipeline, linear_probe  # the training stack, as in run_ablation
 
         log("linear floor: logistic regression on the raw pixels")
         data_config = ml_collections.ConfigDict(config.data.to_dict())
         data_config.data_dir = data_dir
-        report = linear_probe.fit_linear_probe(data_config, data_dir)
+        report = linear_probe.fit_linear_probe(input_pipeline.prepare_data_source(data_config, data_dir))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
@@ -229,12 +229,14 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
                  train_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
                  command: str = "", log: Callable[[str], Any] = print) -> list[dict]:
     """Runs (or resumes) every (backbone, row, seed) run and writes the tables; returns the results list."""
+    from flax_fld import input_pipeline  # imported here, as train, so the table code needs no TFDS
+
     backbones, seeds, rows = ablation_settings(config)
     if train_fn is None:
         from flax_fld import train  # imported here so the table code is usable without the training stack
         train_fn = train.train_and_evaluate
     os.makedirs(workdir, exist_ok=True)
-    data_dir = config.data.get("data_dir", "") or os.path.join(workdir, "tfds_data")
+    data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
     results = []
     if config.ablation.get("linear_floor", True):
         results.append(linear_floor_result(config, workdir, data_dir, log))

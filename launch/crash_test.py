@@ -91,9 +91,8 @@ def main(argv: Sequence[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, "jax_cache"))
-    # The trials share one prepared data set with the reference run.
-    command = [sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={config_file}",
-               f"--config.data.data_dir={os.path.join(workdir, 'tfds_data')}"] + overrides
+    # The reference run and the trials, all in WORKDIR, share WORKDIR/tfds_data (input_pipeline.resolve_data_dir).
+    command = [sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={config_file}"] + overrides
     profile = reference_run(command, workdir, env)
     print(f"reference: {profile['seconds']:.1f}s, {profile['writes']} checkpoint writes", flush=True)
     rng, failures = random.Random(_SEED.value), 0

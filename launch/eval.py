@@ -28,15 +28,16 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Orbax and TFDS log every file operation at INFO; the progress lines are what a user wants to see.
     logging.set_verbosity(logging.WARNING)
-    from flax_fld import evaluate, reporting, robust_eval, run_outputs, train
+    from flax_fld import evaluate, input_pipeline, reporting, robust_eval, run_outputs, train
 
     try:
         config, model, variables, _ = train.load_for_inference(_WORKDIR.value, which=_WHICH.value)
-        data_dir = train.resolve_data_dir(config, _WORKDIR.value)
-        report = evaluate.evaluate_split(model, variables, config, data_dir, split=_SPLIT.value, robust=True,
+        data = input_pipeline.prepare_data_source(
+            config.data, input_pipeline.resolve_data_dir(config.data, _WORKDIR.value))
+        report = evaluate.evaluate_split(model, variables, config, data, split=_SPLIT.value, robust=True,
                                          both_threat_models=True)
         if _ROBUST.value == "strong":
-            report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data_dir,
+            report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data,
                                                                   split=_SPLIT.value)
     except ValueError as error:
         sys.exit(f"error: {error}")

@@ -59,7 +59,7 @@ def test_rows_switch_decouplers_and_attack_and_share_one_data_dir(tmp_path):
     ablation.run_ablation(_config(), str(tmp_path), train_fn=_fake_train(calls), log=lambda _: None)
     assert len(calls) == 2 * 3 * 2
     data_dirs = {call[4] for call in calls}
-    assert data_dirs == {os.path.join(str(tmp_path), "tfds_data")}
+    assert data_dirs == {os.path.join(os.path.dirname(str(tmp_path)), "tfds_data")}
     assert not any(call[5] for call in calls)  # the ablation section is not passed to training
     squeeze = [call[:4] for call in calls if call[0] == "squeezenet1_1"]
     assert squeeze == [("squeezenet1_1", False, False, 0), ("squeezenet1_1", False, False, 1),

@@ -1,12 +1,11 @@
 """The TFDS builders: each prepares and reads a small data set in its real on-disk format; bad inputs fail
-with one clear line and leave nothing half-written."""
+with one clear line and leave nothing half-written (class_folders: tests/test_class_folders.py)."""
 
 import importlib.util
 import os
 import pathlib
 
 import numpy as np
-import PIL.Image
 import pytest
 from scipy import io as scipy_io
 
@@ -30,6 +29,11 @@ def read_split(config, data_dir, split):
     return [source[i] for i in range(len(source))]
 
 
+def prepare(config, data_dir):
+    """Prepare (or reuse) the data set of ``config`` under ``data_dir``; its DatasetInfo."""
+    return input_pipeline.prepare_data_source(config, data_dir).info
+
+
 def prepared_dirs(data_dir):
     """Every file and folder under data_dir except TFDS's (empty) downloads folder."""
     root = pathlib.Path(data_dir)
@@ -41,7 +45,7 @@ def prepared_dirs(data_dir):
 
 def test_synthetic_prepares_stratified_splits(tmp_path):
     config = data_config(image_size=16, num_examples=60)
-    info = input_pipeline.prepare_dataset(config, str(tmp_path))
+    info = prepare(config, str(tmp_path))
     assert info.class_names == simulator.GRADES and info.image_shape == (16, 16, 1)
     assert sum(info.num_examples.values()) == 60
     totals = np.sum([info.class_counts[s] for s in ("train", "validation", "test")], axis=0)
@@ -52,79 +56,19 @@ def test_synthetic_prepares_stratified_splits(tmp_path):
     assert test[0]["image"].shape == (16, 16, 1) and test[0]["image"].dtype == np.uint8
     # Idempotent: a second call reuses the prepared files untouched.
     files = {p: os.stat(tmp_path / p).st_mtime_ns for p in prepared_dirs(tmp_path)}
-    assert input_pipeline.prepare_dataset(config, str(tmp_path)) == info
+    assert prepare(config, str(tmp_path)) == info
     assert {p: os.stat(tmp_path / p).st_mtime_ns for p in prepared_dirs(tmp_path)} == files
 
 
 def test_synthetic_rgb_and_class_order(tmp_path):
     order = ("severe", "moderate", "mild", "normal")
     config = data_config(image_size=16, num_examples=40, channels=3, class_names=order)
-    info = input_pipeline.prepare_dataset(config, str(tmp_path))
+    info = prepare(config, str(tmp_path))
     assert info.class_names == order and info.image_shape == (16, 16, 3)
     counts = simulator.grade_counts(40)
     assert sum(info.class_counts[s][0] for s in info.class_counts) == counts["severe"]
     with pytest.raises(ValueError, match="must be an ordering of"):
-        input_pipeline.prepare_dataset(data_config(class_names=("a", "b")), str(tmp_path))
-
-
-# --- class_folders -----------------------------------------------------------------------------------------
-
-
-def write_class_folders(root, class_names=("normal", "mild", "moderate", "severe"), per_class=2):
-    rng = np.random.default_rng(0)
-    formats = [("png", "L", (30, 20)), ("jpg", "RGB", (17, 41)), ("bmp", "L", (25, 25))]
-    for split in ("train", "validation", "test"):
-        for label, name in enumerate(class_names):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                ext, mode, size = formats[(label + i) % len(formats)]
-                pixels = rng.integers(0, 255, size[::-1] + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
-                PIL.Image.fromarray(pixels, mode).save(folder / f"img{i}.{ext}")
-            (folder / "notes.txt").write_text("ignored")
-    return root
-
-
-def test_class_folders_reads_mixed_formats(tmp_path):
-    root = write_class_folders(tmp_path / "scans")
-    config = data_config(name="class_folders", root=str(root), image_size=24)
-    info = input_pipeline.prepare_dataset(config, str(tmp_path / "data"))
-    assert info.num_examples == {"train": 8, "validation": 8, "test": 8}
-    assert info.class_counts["train"] == (2, 2, 2, 2) and info.image_shape == (24, 24, 1)
-    examples = read_split(config, str(tmp_path / "data"), "train")
-    assert all(e["image"].shape == (24, 24, 1) for e in examples)
-    assert sorted(e["label"] for e in examples) == [0, 0, 1, 1, 2, 2, 3, 3]
-
-
-@pytest.mark.parametrize(
-    "damage, message",
-    [
-        (lambda root: (root / "test/mild/img0.png").write_bytes(b"not a png"), "corrupt or truncated image .*img0.png"),
-        (
-            lambda root: (root / "test/mild/img0.jpg").write_bytes((root / "test/mild/img0.jpg").read_bytes()[:300]),
-            "corrupt or truncated image .*img0.jpg",
-        ),
-        (
-            lambda root: os.rename(root / "validation/severe", root / "validation/steatosis"),
-            r"missing \['severe'\], unknown \['steatosis'\]",
-        ),
-        (lambda root: [p.unlink() for p in (root / "validation").rglob("*.*")], "empty split: .*validation"),
-    ],
-    ids=["corrupt", "truncated", "class_mismatch", "empty_split"],
-)
-def test_class_folders_bad_input_leaves_prepared_data_intact(tmp_path, damage, message):
-    data_dir = tmp_path / "data"
-    good = data_config(name="class_folders", root=str(write_class_folders(tmp_path / "good")), image_size=16)
-    input_pipeline.prepare_dataset(good, str(data_dir))
-    before = {p: os.stat(data_dir / p).st_mtime_ns for p in prepared_dirs(data_dir) if (data_dir / p).is_file()}
-    bad_root = write_class_folders(tmp_path / "bad")
-    damage(bad_root)
-    with pytest.raises(ValueError, match=message) as error:
-        input_pipeline.prepare_dataset(data_config(name="class_folders", root=str(bad_root), image_size=16), str(data_dir))
-    assert "\n" not in str(error.value)
-    assert {p: os.stat(data_dir / p).st_mtime_ns for p in prepared_dirs(data_dir) if (data_dir / p).is_file()} == before
-    assert not any("bad" in p for p in prepared_dirs(data_dir))  # No leftover of the failed preparation.
-    assert input_pipeline.prepare_dataset(good, str(data_dir)).num_examples["test"] == 8
+        prepare(data_config(class_names=("a", "b")), str(tmp_path))
 
 
 # --- byra_liver --------------------------------------------------------------------------------------------
@@ -147,7 +91,7 @@ def write_byra_mat(path, fats=(1.0, 3.0, 10.0, 20.0, 40.0, 50.0, 70.0, 90.0), fr
 def test_byra_grades_by_fat_and_splits_by_patient(tmp_path):
     mat = write_byra_mat(tmp_path / "byra.mat")
     config = data_config(name="byra_liver", root=str(mat), image_size=16)
-    info = input_pipeline.prepare_dataset(config, str(tmp_path / "data"))
+    info = prepare(config, str(tmp_path / "data"))
     assert sum(info.num_examples.values()) == 8 * 3
     totals = np.sum([info.class_counts[s] for s in info.class_counts], axis=0)
     assert totals.tolist() == [6, 6, 6, 6]  # Two patients per grade, three frames each.
@@ -164,7 +108,7 @@ def test_byra_grades_by_fat_and_splits_by_patient(tmp_path):
     assert sum(len(p) for p in patients_by_split.values()) == 8  # No patient in two splits.
 
     binary = data_config(name="byra_liver", root=str(mat), image_size=16, class_names=("normal", "fatty"))
-    binary_info = input_pipeline.prepare_dataset(binary, str(tmp_path / "data"))
+    binary_info = prepare(binary, str(tmp_path / "data"))
     assert np.sum([binary_info.class_counts[s] for s in binary_info.class_counts], axis=0).tolist() == [6, 18]
 
 
@@ -172,16 +116,16 @@ def test_byra_bad_inputs(tmp_path):
     data_dir = str(tmp_path / "data")
     missing = write_byra_mat(tmp_path / "nofat.mat", drop_field="fat")
     with pytest.raises(ValueError, match=r"nofat.mat: struct 'data' is missing field\(s\) \['fat'\]"):
-        input_pipeline.prepare_dataset(data_config(name="byra_liver", root=str(missing)), data_dir)
+        prepare(data_config(name="byra_liver", root=str(missing)), data_dir)
     nan_mat = tmp_path / "nan.mat"
     write_byra_mat(nan_mat, image_dtype=np.float64)
     contents = scipy_io.loadmat(nan_mat)
     contents["data"][0, 2]["images"][1, 3, 4] = np.nan
     scipy_io.savemat(nan_mat, {"data": contents["data"]})
     with pytest.raises(ValueError, match="nan.mat: patient 3 frame 1: image contains NaN"):
-        input_pipeline.prepare_dataset(data_config(name="byra_liver", root=str(nan_mat)), data_dir)
+        prepare(data_config(name="byra_liver", root=str(nan_mat)), data_dir)
     with pytest.raises(ValueError, match="is not a file"):
-        input_pipeline.prepare_dataset(data_config(name="byra_liver", root=str(tmp_path / "absent.mat")), data_dir)
+        prepare(data_config(name="byra_liver", root=str(tmp_path / "absent.mat")), data_dir)
     assert prepared_dirs(data_dir) == []
 
 
@@ -200,7 +144,7 @@ def medmnist_arrays(n=(6, 3, 4), size=28):
 def test_medmnist_npz_reads_splits(tmp_path):
     np.savez(tmp_path / "breastmnist.npz", **medmnist_arrays())
     config = data_config(name="medmnist_npz", root=str(tmp_path / "breastmnist.npz"), class_names=("malignant", "benign"), image_size=16)
-    info = input_pipeline.prepare_dataset(config, str(tmp_path / "data"))
+    info = prepare(config, str(tmp_path / "data"))
     assert info.num_examples == {"train": 6, "validation": 3, "test": 4}
     assert info.class_counts == {"train": (3, 3), "validation": (2, 1), "test": (2, 2)}
     examples = read_split(config, str(tmp_path / "data"), "validation")
@@ -224,11 +168,11 @@ def test_medmnist_npz_bad_inputs(tmp_path, edit, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     config = data_config(name="medmnist_npz", root=str(tmp_path / "bad.npz"), class_names=("a", "b"), image_size=16)
     with pytest.raises(ValueError, match=message) as error:
-        input_pipeline.prepare_dataset(config, str(tmp_path / "data"))
+        prepare(config, str(tmp_path / "data"))
     assert "\n" not in str(error.value) and "bad.npz" in str(error.value)
     assert prepared_dirs(tmp_path / "data") == []
 
 
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="unknown data.name='imagenet'"):
-        input_pipeline.prepare_dataset(data_config(name="imagenet"), str(tmp_path))
+        prepare(data_config(name="imagenet"), str(tmp_path))

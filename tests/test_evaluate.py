@@ -35,17 +35,18 @@ def tiny(tmp_path_factory):
     config = load_config("tiny")
     config.model.use_decouplers = False
     config.data.data_dir = str(tmp_path_factory.mktemp("tfds_data"))
-    info = input_pipeline.prepare_dataset(config.data, config.data.data_dir)
-    model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
-    variables = fld.init_variables(model, jax.random.key(3), info.image_shape)
-    return config, info, model, variables
+    data = input_pipeline.prepare_data_source(config.data, config.data.data_dir)
+    model = fld.create_fld_model(config.model, len(data.info.class_names), data.info.image_shape[-1])
+    variables = fld.init_variables(model, jax.random.key(3), data.info.image_shape)
+    return config, data, model, variables
 
 
 def test_every_example_counted_once_clean_and_robust(tiny):
-    config, info, model, variables = tiny
+    config, data, model, variables = tiny
+    info = data.info
     global_batch = config.train.eval_batch_size * jax.local_device_count()
     assert info.num_examples["test"] % global_batch != 0, "the tiny test split should need a padded batch"
-    report = evaluate.evaluate_split(model, variables, config, config.data.data_dir, split="test", robust=True)
+    report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True)
     for field in REPORT_FIELDS:
         assert field in report, field
     expected_rows = np.asarray(info.class_counts["test"])
@@ -56,12 +57,11 @@ def test_every_example_counted_once_clean_and_robust(tiny):
 
 
 def test_clean_confusion_matches_direct_forward(tiny):
-    config, info, model, variables = tiny
+    config, data, model, variables = tiny
     # robust=True shares the compiled step with the test above.
-    report = evaluate.evaluate_split(model, variables, config, config.data.data_dir, split="validation", robust=True)
-    batches = input_pipeline.eval_batches(config.data, config.data.data_dir, split="validation",
-                                          per_device_batch_size=64, local_device_count=1)
-    expected = np.zeros((len(info.class_names),) * 2, np.int64)
+    report = evaluate.evaluate_split(model, variables, config, data, split="validation", robust=True)
+    batches = input_pipeline.eval_batches(data, split="validation", per_device_batch_size=64, local_device_count=1)
+    expected = np.zeros((len(data.info.class_names),) * 2, np.int64)
     for batch in batches:
         mask = batch["mask"][0]
         logits, _ = fld.forward(model, variables, jnp.asarray(batch["image"][0][mask]), train=False)

@@ -1,14 +1,15 @@
-"""The input pipeline: batch shapes, seeded shuffling and augmentation, exact resumption, process sharding
-and evaluation that counts every example exactly once."""
+"""The input pipeline: batch shapes, seeded shuffling and augmentation, exact resumption, process sharding,
+evaluation that counts every example exactly once, and one DataSource per run."""
 
 import importlib.util
 import json
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
-from flax_fld import input_pipeline
+from flax_fld import datasets, input_pipeline
 
 CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 NUM_EXAMPLES = 48  # 28 train / 8 validation / 12 test after the stratified split.
@@ -26,15 +27,15 @@ def data_config(**overrides):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfds")
-    input_pipeline.prepare_dataset(data_config(), str(path))
+    input_pipeline.prepare_data_source(data_config(), str(path))
     return str(path)
 
 
 def train_iterator(data_dir, **kwargs):
     options = dict(per_device_batch_size=3, local_device_count=2, seed=0)
     options.update(kwargs)
-    config = data_config(augment=options.pop("augment", True))
-    return input_pipeline.TrainIterator(config, data_dir, **options)
+    data = input_pipeline.prepare_data_source(data_config(augment=options.pop("augment", True)), data_dir)
+    return input_pipeline.TrainIterator(data, **options)
 
 
 def test_train_batches_shape_range_and_steps(data_dir):
@@ -106,13 +107,13 @@ def test_split_smaller_than_a_batch_is_an_error(data_dir):
 
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_counts_every_example_once(data_dir, process_count):
-    config = data_config()
-    info = input_pipeline.prepare_dataset(config, data_dir)
+    data = input_pipeline.prepare_data_source(data_config(), data_dir)
+    info = data.info
     images, labels, num_batches = [], [], []
     for process_index in range(process_count):
         batches = list(
             input_pipeline.eval_batches(
-                config, data_dir, split="test", per_device_batch_size=5, local_device_count=2,
+                data, split="test", per_device_batch_size=5, local_device_count=2,
                 process_index=process_index, process_count=process_count,
             )
         )
@@ -146,5 +147,46 @@ def test_augmentation_is_seeded_and_keeps_depth_axis():
 
 
 def test_measure_throughput(data_dir):
-    images_per_second = input_pipeline.measure_throughput(data_config(), data_dir, batch_size=8, num_batches=4)
+    data = input_pipeline.prepare_data_source(data_config(), data_dir)
+    images_per_second = input_pipeline.measure_throughput(data, batch_size=8, num_batches=4)
     assert np.isfinite(images_per_second) and images_per_second > 50
+
+
+def test_the_builder_is_made_once_per_data_source(data_dir, monkeypatch):
+    """Training, every validation pass and load_split read through one DataSource: no re-listing per epoch."""
+    made = []
+    factory = datasets.BUILDERS["synthetic_fatty_liver"]
+    monkeypatch.setitem(datasets.BUILDERS, "synthetic_fatty_liver", lambda *args: made.append(1) or factory(*args))
+    data = input_pipeline.prepare_data_source(data_config(), data_dir)
+    iterator = input_pipeline.TrainIterator(data, per_device_batch_size=4, local_device_count=1, seed=0)
+    for _ in range(2 * iterator.steps_per_epoch):
+        next(iterator)
+    for _ in range(3):  # three epochs' validation passes
+        batches = input_pipeline.eval_batches(data, split="validation", per_device_batch_size=4, local_device_count=1)
+        assert sum(int(batch["mask"].sum()) for batch in batches) == data.info.num_examples["validation"]
+    images, labels = input_pipeline.load_split(data, "test")
+    assert len(images) == len(labels) == data.info.num_examples["test"]
+    assert len(made) == 1
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        data.split("valid")
+
+
+def test_resolve_data_dir_is_next_to_the_workdir(tmp_path):
+    config = data_config()
+    workdir = tmp_path / "runs" / "demo"
+    assert input_pipeline.resolve_data_dir(config, str(workdir)) == str(tmp_path / "runs" / "tfds_data")
+    config.data_dir = str(tmp_path / "elsewhere")
+    assert input_pipeline.resolve_data_dir(config, str(workdir)) == str(tmp_path / "elsewhere")
+
+
+def test_dataset_info_round_trips_through_the_run_files(data_dir, tmp_path):
+    from flax_fld import checkpointing
+
+    data = input_pipeline.prepare_data_source(data_config(), data_dir)
+    checkpointing.write_run_files(str(tmp_path), ml_collections.ConfigDict({"data": data_config()}), data.info)
+    config, info_dict = checkpointing.read_run_files(str(tmp_path))
+    assert input_pipeline.DatasetInfo.from_dict(info_dict) == data.info
+    assert config.data.class_names == data.info.class_names and data.info.split_record == ""
+    assert not (tmp_path / "split_assignment.csv").exists()  # the synthetic set comes split
+    with pytest.raises(ValueError, match="lacks the field 'class_counts'"):
+        input_pipeline.DatasetInfo.from_dict({k: v for k, v in info_dict.items() if k != "class_counts"})

@@ -5,7 +5,7 @@ import optax
 import jax
 import jax.numpy as jnp
 
-from flax_fld import linear_probe
+from flax_fld import input_pipeline, linear_probe
 
 
 def test_logistic_regression_separates_separable_data_and_l2_shrinks_weights():
@@ -27,7 +27,8 @@ def test_fit_linear_probe_reports_the_test_split_of_a_prepared_data_set(tmp_path
     from flax_fld.config_files import load_sibling_config
 
     config = load_sibling_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"), "tiny.py")
-    report = linear_probe.fit_linear_probe(config.data, str(tmp_path), l2_grid=(1e-2, 1.0))
+    data = input_pipeline.prepare_data_source(config.data, str(tmp_path))
+    report = linear_probe.fit_linear_probe(data, l2_grid=(1e-2, 1.0))
     assert report["l2"] in (1e-2, 1.0)
     assert report["num_examples"] == sum(sum(row) for row in report["confusion_matrix"])
     assert set(report["per_class_accuracy"]) == set(config.data.class_names)

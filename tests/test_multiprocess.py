@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
     """``(single workdir, multi workdir, [per-process results])``; the two runs go concurrently."""
     root = tmp_path_factory.mktemp("multiprocess")
     data_dir, single, multi = str(root / "tfds_data"), str(root / "single"), str(root / "multi")
-    input_pipeline.prepare_dataset(tiny_config().data, data_dir)
+    input_pipeline.prepare_data_source(tiny_config().data, data_dir)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(crash_test.launch, train_command(single, data_dir), single, str(root / "single.log"),
                              env=with_devices(4), timeout_s=TIMEOUT_S)
@@ -135,9 +135,9 @@ def test_multiprocess_checkpoints_restore_in_one_process(runs):
 def test_process_shards_concatenate_to_the_one_process_batches(tmp_path):
     """What makes device d see the same examples in both layouts: 2 processes x 2 devices, process-major."""
     config, data_dir = tiny_config(), str(tmp_path / "tfds_data")
-    input_pipeline.prepare_dataset(config.data, data_dir)
-    one = input_pipeline.TrainIterator(config.data, data_dir, per_device_batch_size=4, local_device_count=4, seed=0)
-    two = [input_pipeline.TrainIterator(config.data, data_dir, per_device_batch_size=4, local_device_count=2, seed=0,
+    data = input_pipeline.prepare_data_source(config.data, data_dir)
+    one = input_pipeline.TrainIterator(data, per_device_batch_size=4, local_device_count=4, seed=0)
+    two = [input_pipeline.TrainIterator(data, per_device_batch_size=4, local_device_count=2, seed=0,
                                         process_index=index, process_count=2) for index in range(2)]
     assert one.steps_per_epoch == two[0].steps_per_epoch == two[1].steps_per_epoch
     for _ in range(2 * one.steps_per_epoch):  # two epochs, so the reshuffle too
@@ -145,8 +145,8 @@ def test_process_shards_concatenate_to_the_one_process_batches(tmp_path):
         for key in expected:
             np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), expected[key])
     kwargs = dict(split="test", per_device_batch_size=4)
-    one = list(input_pipeline.eval_batches(config.data, data_dir, local_device_count=4, **kwargs))
-    two = [list(input_pipeline.eval_batches(config.data, data_dir, local_device_count=2, process_index=index,
+    one = list(input_pipeline.eval_batches(data, local_device_count=4, **kwargs))
+    two = [list(input_pipeline.eval_batches(data, local_device_count=2, process_index=index,
                                             process_count=2, **kwargs)) for index in range(2)]
     assert len(one) == len(two[0]) == len(two[1]) and not one[-1]["mask"].all()  # a padded last batch
     for expected, *parts in zip(one, *two):

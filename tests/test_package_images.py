@@ -16,10 +16,10 @@ def test_digits_are_written_stratified_and_read_back_by_class_folders(tmp_path):
     for k in range(4):  # 60/15/25 % of every class
         total = sum(counts[split][k] for split in counts)
         assert abs(counts["train"][k] - 0.6 * total) <= 1 and abs(counts["validation"][k] - 0.15 * total) <= 1
-    listing = class_folders.list_images(str(out), package_images.CLASS_NAMES["digits"])
-    assert [len(listing[s]) for s in ("train", "validation", "test")] == [sum(counts[s]) for s in
-                                                                          ("train", "validation", "test")]
-    image = np.asarray(PIL.Image.open(listing["test"][0][0]))
+    rows = class_folders.list_images(str(out), package_images.CLASS_NAMES["digits"]).rows
+    assert [sum(row.split == s for row in rows) for s in ("train", "validation", "test")] == [
+        sum(counts[s]) for s in ("train", "validation", "test")]
+    image = np.asarray(PIL.Image.open(next(row.path for row in rows if row.split == "test")))
     assert image.shape == (32, 32) and image.dtype == np.uint8 and image.max() > 200
 
 

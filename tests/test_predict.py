@@ -36,7 +36,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     config = _load_module("tiny_config", "configs/tiny.py").get_config()
     config.data.data_dir = str(root / "tfds_data")
-    info = input_pipeline.prepare_dataset(config.data, config.data.data_dir)
+    info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     state = train.create_train_state(config, model, info.image_shape, jax.random.key(1), steps_per_epoch=1)
     # Python scalars in a fresh state become arrays, as they do after the first (pmapped) training step.
@@ -57,8 +57,9 @@ def loaded(trained_run):
 
 def _test_images(config, data_dir, count):
     """The first ``count`` test images [N, H, W, C] and labels, as the evaluation sees them."""
-    batch = next(iter(input_pipeline.eval_batches(config.data, data_dir, split="test",
-                                                  per_device_batch_size=count, local_device_count=1)))
+    data = input_pipeline.prepare_data_source(config.data, data_dir)
+    batch = next(iter(input_pipeline.eval_batches(data, split="test", per_device_batch_size=count,
+                                                  local_device_count=1)))
     return batch["image"][0], batch["label"][0]
 
 

@@ -233,7 +233,7 @@ def tiny_workdir(tmp_path_factory):
     config.model.classifier = "vit"
     config.data.data_dir = str(root / "tfds_data")
     config.adv.strong_steps, config.adv.strong_pgd_steps, config.adv.strong_targets = 3, 2, 1
-    info = input_pipeline.prepare_dataset(config.data, config.data.data_dir)
+    info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     state = train.create_train_state(config, model, info.image_shape, jax.random.key(1), steps_per_epoch=1)
     state = jax.tree.map(jnp.asarray, state)  # arrays, as after the first (pmapped) training step

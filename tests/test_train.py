@@ -109,10 +109,11 @@ def tiny(tmp_path_factory):
     """The tiny config, its prepared data set, the FLD model and a fixed training batch [2, 8, 32, 32, 1]."""
     config = load_config("tiny")
     config.data.data_dir = str(tmp_path_factory.mktemp("tfds_data"))
-    info = input_pipeline.prepare_dataset(config.data, config.data.data_dir)
+    data = input_pipeline.prepare_data_source(config.data, config.data.data_dir)
+    info = data.info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     iterator = input_pipeline.TrainIterator(
-        config.data, config.data.data_dir, per_device_batch_size=config.train.per_device_batch_size,
+        data, per_device_batch_size=config.train.per_device_batch_size,
         local_device_count=jax.local_device_count(), seed=config.seed,
     )
     return config, info, model, next(iterator), iterator.steps_per_epoch

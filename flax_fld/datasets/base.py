@@ -18,6 +18,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+# CSV (path, class, patient, split) written into a prepared data set whose split the project made.
+SPLIT_RECORD_FILENAME = "split_assignment.csv"
 VERSION = tfds.core.Version("1.0.0")
 
 

@@ -1,23 +1,35 @@
-"""TFDS builder `class_folders`: the user's own images in `root/{train,validation,test}/<class name>/`.
+"""TFDS builder `class_folders`: the user's own images, sorted into one folder per class.
 
-Images may be PNG, JPEG or BMP, grayscale or RGB, of any size; each is padded to a square with black and
-resized to config.data.image_size. Class names and their order (= label index) come from the config.
-The config name hashes the folder listing (paths, sizes, mtimes), so editing the folders triggers a fresh
-preparation instead of silently reusing a stale one.
+Two layouts of config.data.root:
+
+- ``root/<class>/*.png``: the folder as it usually comes. The project makes the split (folder_split.py):
+  stratified by class with ``data.split_fractions`` and ``data.split_seed``, and with ``data.patient_regex``
+  every patient's frames in one split.
+- ``root/{train,validation,test}/<class>/*.png``: the user's own split, used as it is.
+
+Class names and their order (= label index) come from ``data.class_names``; when it is empty, from the class
+folders, sorted by name (printed). Images may be PNG, JPEG or BMP, grayscale or RGB, of any size; each is
+padded to a square with black and resized to ``data.image_size``. The builder config name hashes the listing
+(paths, sizes, mtimes), the labels, patients and splits, so editing the folders or changing the split settings
+triggers a fresh preparation instead of silently reusing a stale one. Every preparation writes
+``split_assignment.csv`` (path, class, patient, split) next to the prepared data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import ml_collections
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from flax_fld.datasets import base
+from flax_fld.datasets import base, folder_split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+_LAYOUTS = "root/<class>/ or root/{train,validation,test}/<class>/"
 
 
 @dataclasses.dataclass(eq=False)
@@ -25,36 +37,121 @@ class FolderConfig(tfds.core.BuilderConfig):
     image_size: int = 64
     channels: int = 1
     class_names: tuple[str, ...] = ()
-    # split -> ((path, label), ...); kept out of repr, which TFDS logs.
-    files: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = dataclasses.field(default=(), repr=False)
+    root: str = ""
+    # Every image with its label, patient and split; kept out of repr, which TFDS logs.
+    rows: tuple[folder_split.Row, ...] = dataclasses.field(default=(), repr=False)
 
 
-def list_images(root: str, class_names: tuple[str, ...]) -> dict[str, list[tuple[str, int]]]:
-    """Scan the folder tree: split -> sorted [(image path, label)]; ValueError on a bad layout."""
+def _subfolders(folder: str) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if not n.startswith(".") and os.path.isdir(os.path.join(folder, n)))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def has_split_folders(root: str) -> bool:
+    """Whether ``root`` holds train/validation/test folders (else class folders); ValueError on a mixed layout."""
     if not root or not os.path.isdir(root):
-        raise ValueError(f"data.root={root!r} is not a folder with train/validation/test subfolders")
-    listing = {}
-    for split in base.SPLITS:
-        split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            raise ValueError(f"missing split folder {split_dir}")
-        found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
-        missing = [name for name in class_names if name not in found]
-        unknown = [name for name in found if name not in class_names]
-        if missing or unknown:
-            raise ValueError(
-                f"class folders in {split_dir} do not match data.class_names: missing {missing}, unknown {unknown}"
-            )
+        raise ValueError(f"data.root={root!r} is not a folder; expected {_LAYOUTS}")
+    found = _subfolders(root)
+    splits = [name for name in found if name in base.SPLITS]
+    if not splits:
+        return False
+    others = [name for name in found if name not in base.SPLITS]
+    if others:
+        raise ValueError(f"{root} mixes split folders {splits} with other folders {others}; expected {_LAYOUTS}")
+    missing = [split for split in base.SPLITS if split not in splits]
+    if missing:
+        raise ValueError(f"missing split folder {os.path.join(root, missing[0])} (found {splits}); expected {_LAYOUTS}")
+    return True
+
+
+def class_names_in(folder: str, class_names: Sequence[str], source: str) -> tuple[str, ...]:
+    """The class folders of ``folder`` checked against ``class_names`` (from ``source``); sorted when empty."""
+    found = _subfolders(folder)
+    loose = [name for name in sorted(os.listdir(folder)) if _is_image(name)]
+    if loose:
+        raise ValueError(f"image {os.path.join(folder, loose[0])} lies outside a class folder; expected {_LAYOUTS}")
+    if not found:
+        raise ValueError(f"no class folders in {folder}; expected {_LAYOUTS}")
+    if len(found) == 1:
+        raise ValueError(f"{folder} holds one class folder {found}; a classifier needs at least two")
+    if not class_names:
+        return tuple(found)
+    missing = [name for name in class_names if name not in found]
+    unknown = [name for name in found if name not in class_names]
+    if missing or unknown:
+        raise ValueError(f"class folders in {folder} do not match {source}: missing {missing}, unknown {unknown}")
+    return tuple(class_names)
+
+
+def image_files(class_dir: str) -> list[str]:
+    """Sorted image paths directly inside one class folder; ValueError on a subfolder or no image."""
+    names = sorted(os.listdir(class_dir))
+    nested = [name for name in names if not name.startswith(".") and os.path.isdir(os.path.join(class_dir, name))]
+    if nested:
+        raise ValueError(f"unexpected folder {os.path.join(class_dir, nested[0])}: images must lie directly in "
+                         f"the class folder {class_dir}")
+    paths = [os.path.join(class_dir, name) for name in names if _is_image(name)]
+    if not paths:
+        raise ValueError(f"empty class: no {'/'.join(IMAGE_EXTENSIONS)} images in {class_dir}")
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    class_names: tuple[str, ...]  # label order
+    rows: list[folder_split.Row]  # every image with its label, patient ('' without a regex) and split
+    split_given: bool  # True: the split folders' split; False: made by folder_split
+
+
+def list_images(root: str, class_names: Sequence[str] = (), *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                seed: int = 0, patient_regex: str = "") -> Listing:
+    """Scan ``root`` (either layout) into a Listing.
+
+    ``class_names`` empty: taken from the class folders, sorted. ``fractions``/``seed`` only matter for the
+    plain layout; ``patient_regex`` keeps a patient in one split there, and is checked against the given
+    split folders otherwise. ValueError with one line naming the folder/key/value on any bad input.
+    """
+    regex = folder_split.compile_patient_regex(patient_regex)
+    fractions = folder_split.check_fractions(fractions)
+    split_given = has_split_folders(root)
+    if split_given:
+        first = os.path.join(root, base.SPLITS[0])
+        names = class_names_in(first, class_names, "data.class_names")
+        source = "data.class_names" if class_names else f"the class folders of {first}"
         entries = []
-        for label, name in enumerate(class_names):
-            class_dir = os.path.join(split_dir, name)
-            for file_name in sorted(os.listdir(class_dir)):
-                if file_name.lower().endswith(IMAGE_EXTENSIONS) and not file_name.startswith("."):
-                    entries.append((os.path.join(class_dir, file_name), label))
-        if not entries:
-            raise ValueError(f"empty split: no {'/'.join(IMAGE_EXTENSIONS)} images under {split_dir}")
-        listing[split] = entries
-    return listing
+        for split in base.SPLITS:
+            folder = os.path.join(root, split)
+            class_names_in(folder, names, source)
+            entries += [(path, label, split) for label, name in enumerate(names)
+                        for path in image_files(os.path.join(folder, name))]
+    else:
+        names = class_names_in(root, class_names, "data.class_names")
+        entries = [(path, label, "") for label, name in enumerate(names)
+                   for path in image_files(os.path.join(root, name))]
+    paths = [path for path, _, _ in entries]
+    patients = folder_split.patient_ids(paths, regex, root) if regex else [""] * len(paths)
+    if split_given:
+        rows = [folder_split.Row(path, label, patient, split)
+                for (path, label, split), patient in zip(entries, patients)]
+        _check_patients_in_one_split(rows, patient_regex)
+    else:
+        rows = folder_split.assign_splits(paths, [label for _, label, _ in entries], patients, names, fractions,
+                                          seed, root)
+    return Listing(names, rows, split_given)
+
+
+def _check_patients_in_one_split(rows: Sequence[folder_split.Row], patient_regex: str) -> None:
+    first_seen: dict[str, folder_split.Row] = {}
+    for row in rows:
+        if not row.patient:
+            continue
+        seen = first_seen.setdefault(row.patient, row)
+        if seen.split != row.split:
+            raise ValueError(f"patient {row.patient!r} (data.patient_regex='{patient_regex}') has images in both "
+                             f"{seen.split} and {row.split}: {seen.path} and {row.path}")
 
 
 def load_image(path: str, size: int, channels: int) -> bytes:
@@ -71,29 +168,48 @@ def load_image(path: str, size: int, channels: int) -> bytes:
 
 
 class ClassFolders(base.ImageClassificationBuilder):
-    """Images sorted into class folders by the user (see module docstring for the layout)."""
+    """Images sorted into class folders by the user (see module docstring for the layouts)."""
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        files = dict(self.builder_config.files)
-        return {split: self._counted(split, self._generate_examples(files[split])) for split in base.SPLITS}
-
-    def _generate_examples(self, entries):
         config = self.builder_config
-        for index, (path, label) in enumerate(entries):
-            yield index, {"image": load_image(path, config.image_size, config.channels), "label": label}
+        # Inside TFDS's temporary folder, renamed with the data on success: the record never outlives its data.
+        folder_split.write_record(os.path.join(self.data_dir, base.SPLIT_RECORD_FILENAME), config.rows,
+                                  config.class_names, config.root)
+        return {split: self._counted(split, self._generate_examples([r for r in config.rows if r.split == split]))
+                for split in base.SPLITS}
+
+    def _generate_examples(self, rows):
+        config = self.builder_config
+        for index, row in enumerate(rows):
+            yield index, {"image": load_image(row.path, config.image_size, config.channels), "label": row.label}
 
 
 def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Builder for config.data (root, image_size, channels, class_names)."""
+    """Builder for config.data (root, image_size, channels, class_names, split_fractions, split_seed, patient_regex).
+
+    Prints the class order when it comes from the folders, and the images (and patients) of each split per class.
+    """
     size, channels = int(data_config.image_size), int(data_config.channels)
     base.check_image_format(size, channels)
-    class_names = base.check_class_names(data_config.class_names, "data.class_names")
+    given = tuple(data_config.class_names)
+    if given:
+        base.check_class_names(given, "data.class_names")
     root = os.path.abspath(data_config.root) if data_config.root else ""
-    listing = list_images(root, class_names)
+    fractions = tuple(data_config.get("split_fractions", DEFAULT_FRACTIONS))
+    seed, patient_regex = int(data_config.get("split_seed", 0)), data_config.get("patient_regex", "")
+    listing = list_images(root, given, fractions=fractions, seed=seed, patient_regex=patient_regex)
+    class_names, rows = listing.class_names, listing.rows
+    if not given:
+        order = ", ".join(f"{label}={name}" for label, name in enumerate(class_names))
+        print(f"class_folders: class names from the folders of {root}, sorted by name: {order}", flush=True)
+    made = ("split by its train/validation/test folders" if listing.split_given
+            else f"split made with data.split_fractions={fractions}, data.split_seed={seed}")
+    grouped = f", patients from data.patient_regex='{patient_regex}'" if patient_regex else ""
+    print("\n".join([f"class_folders: {root}: {made}{grouped}"] + folder_split.summary(rows, class_names)),
+          flush=True)
     fingerprint = base.short_hash(
-        class_names, [(split, [base.file_fingerprint(path) for path, _ in listing[split]]) for split in base.SPLITS]
-    )
+        class_names, [(base.file_fingerprint(row.path), row.label, row.patient, row.split) for row in rows])
     folder = base.name_stem(os.path.basename(root.rstrip("/")), fallback="root")
     config = FolderConfig(
         name=f"{folder}_{fingerprint}_s{size}_c{channels}",
@@ -101,6 +217,7 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
         image_size=size,
         channels=channels,
         class_names=class_names,
-        files=tuple((split, tuple(listing[split])) for split in base.SPLITS),
+        root=root,
+        rows=tuple(rows),
     )
     return ClassFolders(config=config, data_dir=data_dir, file_format="array_record")
