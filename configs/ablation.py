@@ -8,11 +8,11 @@ start from configs/paper.py values via --config.* overrides.
 
 import ml_collections
 
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_sibling_config(__file__)
+    config = load_config("default")
     config.ablation = ablation = ml_collections.ConfigDict()
     # The four CNN backbones of Table 2 (ViT appears in Table 1 only).
     ablation.backbones = ("resnet18", "cbam_resnet18", "se_resnet18", "squeezenet1_1")

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flax_fld.atomic_files import write_json_atomically
 from flax_fld.metric_writers import METRICS_FILENAME
 from flax_fld.train_state import TrainState
 
@@ -142,10 +143,7 @@ DATASET_INFO_FILENAME = "dataset_info.json"
 
 
 def _write_json(path: str, payload: Any) -> None:
-    # Written to a temporary name and renamed, so a crash never leaves a half-written file behind.
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json_atomically(path, payload)  # a crash never leaves a half-written file behind
 
 
 def write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from flax_fld import attack, input_pipeline, metrics
+from flax_fld import attack, input_pipeline, metrics, names
 from flax_fld.models import fld
 
 
@@ -244,23 +244,9 @@ def validation_record(report: dict) -> dict:
     return record
 
 
-_DISPLAY_NAMES = {
-    "squeezenet1_1": "SqueezeNet",
-    "resnet18": "ResNet",
-    "cbam_resnet18": "CBAM",
-    "se_resnet18": "SENet",
-    "vit": "ViT",
-}
-
-
 def method_name(config: ml_collections.ConfigDict) -> str:
     """The paper's row label of a config, e.g. ``SqueezeNet+ICFDNet+AT`` (Tables 1 and 2)."""
-    name = _DISPLAY_NAMES.get(config.model.classifier, config.model.classifier)
-    if config.model.use_decouplers:
-        name += "+ICFDNet"
-    if config.adv.enabled:
-        name += "+AT"
-    return name
+    return names.method_name(config.model.classifier, config.model.use_decouplers, config.adv.enabled)
 
 
 def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) -> str:

@@ -15,6 +15,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
 from benchmarks import report, side_by_side  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld import cli  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld.atomic_files import write_text_atomically  # noqa: E402  pylint: disable=wrong-import-position
 from flax_fld.models import registry  # noqa: E402  pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config of every row.")
@@ -51,9 +53,8 @@ def main(argv) -> None:
     text = report.markdown(results, "python " + " ".join(sys.argv))
     print(text)
     if _OUT.value:
-        with open(_OUT.value, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write_text_atomically(_OUT.value, text)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main, compilation_cache=False)  # the compile-time table must measure compiles
