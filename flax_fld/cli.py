@@ -56,6 +56,18 @@ def quiet_library_logging() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def with_default_config(argv: Sequence[str], config_path: str) -> list[str]:
+    """``argv`` with ``--config=config_path`` after the program name when no ``--config`` is given.
+
+    config_flags applies ``--config.KEY=VALUE`` overrides to a flag's *default* file while the flag is
+    defined, where a misspelt key ends in a traceback; given on the command line, the file and its overrides
+    are read while parsing, where ``run_main`` turns the error into one line.
+    """
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv[1:]):
+        return list(argv)
+    return [argv[0], f"--config={config_path}", *argv[1:]]
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
     from absl import flags
 
@@ -73,10 +85,22 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(f"error: bad config override ({message}); overrides given: {given or 'none'}")
 
 
-def run_main(main: Callable[[list[str]], None], *, compilation_cache: bool = True) -> None:
+def run_main(main: Callable[[list[str]], None], *, default_config: str | None = None,
+             compilation_cache: bool = True) -> None:
     """``absl.app.run(main)`` with one-line config override errors, quiet logging and (unless
-    ``compilation_cache=False``, for a script that times compiles) the persistent compilation cache."""
+    ``compilation_cache=False``, for a script that times compiles) the persistent compilation cache.
+
+    ``default_config``: a config name or path (``config_files.config_path``) used as ``--config`` when the
+    command line gives none; the script defines its ``--config`` flag without a default.
+    """
     from absl import app
+
+    def parse(argv: Sequence[str]) -> list[str]:
+        if default_config is not None:
+            from flax_fld import config_files
+
+            argv = with_default_config(argv, config_files.config_path(default_config))
+        return _parse_flags(argv)
 
     def prepared_main(argv: list[str]) -> None:
         quiet_library_logging()
@@ -84,4 +108,4 @@ def run_main(main: Callable[[list[str]], None], *, compilation_cache: bool = Tru
             enable_compilation_cache()
         main(argv)
 
-    app.run(prepared_main, flags_parser=_parse_flags)
+    app.run(prepared_main, flags_parser=parse)

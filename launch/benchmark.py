@@ -19,7 +19,7 @@ from flax_fld import cli  # noqa: E402  pylint: disable=wrong-import-position
 from flax_fld.atomic_files import write_text_atomically  # noqa: E402  pylint: disable=wrong-import-position
 from flax_fld.models import registry  # noqa: E402  pylint: disable=wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config of every row.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every row (default configs/default.py).")
 _QUICK = flags.DEFINE_bool("quick", False, "SqueezeNet + ResNet-18, train / TRADES / FLD + TRADES rows, eager torch "
                            "only, compile K in (10, 40), 1 and 2 devices.")
 _CLASSIFIERS = flags.DEFINE_list("classifiers", [], "Classifiers; empty: all (or the --quick pair).")
@@ -57,4 +57,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_main(main, compilation_cache=False)  # the compile-time table must measure compiles
+    cli.run_main(main, default_config="default", compilation_cache=False)  # the compile-time table must measure compiles

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import cli, config_files
+from flax_fld import cli
 from flax_fld.datasets import preview
 
-_CONFIG = config_flags.DEFINE_config_file("config", config_files.config_path("default"),
-                                          "Training config; only config.data is used.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (default configs/default.py); only "
+                                          "config.data is used.")
 _DATA = flags.DEFINE_string("data", None, "Overrides config.data.name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "tfds_data", "Where prepared data sets live (config.data.data_dir wins).")
 _OUT = flags.DEFINE_string("out", "preview.png", "Output PNG path.")
@@ -39,4 +39,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.run_main(main, default_config="default")

@@ -56,9 +56,16 @@ def test_quiet_library_logging_sets_warning():
         logging.set_verbosity(before)
 
 
-def test_a_launch_script_turns_a_misspelt_config_key_into_one_line():
-    result = subprocess.run([sys.executable, "launch/preview_data.py", "--config=configs/tiny.py",
-                             "--config.data.imagesize=8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_the_default_config_is_given_only_when_the_command_line_has_none():
+    assert cli.with_default_config(["x.py", "--config.seed=1"], "/d.py") == ["x.py", "--config=/d.py", "--config.seed=1"]
+    for given in (["x.py", "--config=t.py", "--config.seed=1"], ["x.py", "--config", "t.py"]):
+        assert cli.with_default_config(given, "/d.py") == given
+
+
+def test_a_misspelt_config_key_is_one_line_also_with_the_default_config():
+    # launch/preview_data.py without --config starts from configs/default.py.
+    result = subprocess.run([sys.executable, "launch/preview_data.py", "--config.data.imagesize=8"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: bad config override (") and "imagesize" in last
