@@ -2,7 +2,7 @@
 
   python launch/ablation.py --config=configs/ablation.py --workdir=workdir/ablation
 
-Each run is configs/default.py with the row's switches (see launch/ablation.py); for a paper-scale ablation
+Each run is configs/default.py with the row's switches (see flax_fld/ablation.py); for a paper-scale ablation
 start from configs/paper.py values via --config.* overrides.
 """
 

@@ -7,6 +7,7 @@ minute compiling them. ``JAX_COMPILATION_CACHE_DIR``, when set, is left to JAX; 
 ``~/.cache/flax_fld/jax``).
 """
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -46,14 +47,28 @@ def enable_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | N
     return folder
 
 
+# TFDS warnings that every run of these scripts would print and that ask nothing of the reader: the data
+# sets are configured builders by design, and PIL decodes the small images fast enough.
+_ROUTINE_TFDS_WARNINGS = ("Using custom data configuration", "OpenCV is not installed")
+
+
+def _keep_record(record: logging.LogRecord) -> bool:
+    """False for the routine TFDS warnings above (a ``logging`` filter)."""
+    return not ("tensorflow_datasets" in record.pathname and str(record.msg).startswith(_ROUTINE_TFDS_WARNINGS))
+
+
 def quiet_library_logging() -> None:
-    """absl logging at WARNING (orbax and TFDS log every file operation at INFO), unless ``--verbosity`` is
-    given; what the scripts print themselves is what a person reads."""
-    from absl import flags, logging
+    """absl logging at WARNING (orbax and TFDS log every file operation at INFO) without TFDS's routine
+    warnings, unless ``--verbosity`` is given; what the scripts print themselves is what a person reads."""
+    from absl import flags
+    from absl import logging as absl_logging
 
     if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
         return
-    logging.set_verbosity(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logger = logging.getLogger("absl")
+    if _keep_record not in logger.filters:
+        logger.addFilter(_keep_record)
 
 
 def with_default_config(argv: Sequence[str], config_path: str) -> list[str]:

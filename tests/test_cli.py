@@ -1,5 +1,6 @@
 """flax_fld/cli.py (what the launch scripts share) and flax_fld/progress.py (their progress lines)."""
 
+import logging as std_logging
 import os
 import subprocess
 import sys
@@ -46,14 +47,25 @@ def test_an_existing_jax_compilation_cache_dir_is_left_to_jax(restored_cache_dir
     assert jax.config.jax_compilation_cache_dir == "/set/by/jax"
 
 
-def test_quiet_library_logging_sets_warning():
-    before = logging.get_verbosity()
+def test_quiet_library_logging_sets_warning_and_drops_only_routine_tfds_warnings():
+    before, absl_logger = logging.get_verbosity(), std_logging.getLogger("absl")
     try:
         logging.set_verbosity(logging.INFO)
         cli.quiet_library_logging()
+        cli.quiet_library_logging()  # the filter is installed once
         assert logging.get_verbosity() == logging.WARNING
+        assert absl_logger.filters.count(cli._keep_record) == 1
     finally:
         logging.set_verbosity(before)
+        absl_logger.removeFilter(cli._keep_record)
+
+    def record(path, message):
+        return std_logging.LogRecord("absl", std_logging.WARNING, path, 1, message, None, None)
+
+    tfds = "/venv/site-packages/tensorflow_datasets/core/dataset_builder.py"
+    assert not cli._keep_record(record(tfds, "Using custom data configuration: SyntheticConfig(...)"))
+    assert cli._keep_record(record(tfds, "Dataset folder is corrupt"))
+    assert cli._keep_record(record("/repo/flax_fld/train.py", "Using custom data configuration"))
 
 
 def test_the_default_config_is_given_only_when_the_command_line_has_none():
