@@ -13,7 +13,7 @@ from flax import traverse_util
 
 from benchmarks import jax_steps, timing
 from benchmarks.side_by_side import step_config
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 
 
 def main() -> None:
@@ -26,14 +26,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.compile_only:
         jax.config.update("jax_enable_compilation_cache", False)
-        config = step_config(load_sibling_config("configs/default.py"), "squeezenet1_1", "FLD + TRADES step",
+        config = step_config(load_config("default"), "squeezenet1_1", "FLD + TRADES step",
                              args.attack_steps)
         print(json.dumps({"attack_steps": args.attack_steps, "compile_s": jax_steps.compile_seconds(config)}))
         return
     devices = jax.local_device_count()
     if args.global_batch % devices:
         raise SystemExit(f"pmap_probe: global batch {args.global_batch} does not split over {devices} devices")
-    config = step_config(load_sibling_config("configs/default.py"), "squeezenet1_1", "FLD + TRADES step",
+    config = step_config(load_config("default"), "squeezenet1_1", "FLD + TRADES step",
                          args.attack_steps)
     config.train.per_device_batch_size = args.global_batch // devices
     # The same global batch for every device count: draw it whole, then split it over the devices.

@@ -2,17 +2,17 @@
 
   python launch/ablation.py --config=configs/ablation.py --workdir=workdir/ablation
 
-Each run is configs/default.py with the row's switches (see launch/ablation.py); for a paper-scale ablation
+Each run is configs/default.py with the row's switches (see flax_fld/ablation.py); for a paper-scale ablation
 start from configs/paper.py values via --config.* overrides.
 """
 
 import ml_collections
 
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_sibling_config(__file__)
+    config = load_config("default")
     config.ablation = ablation = ml_collections.ConfigDict()
     # The four CNN backbones of Table 2 (ViT appears in Table 1 only).
     ablation.backbones = ("resnet18", "cbam_resnet18", "se_resnet18", "squeezenet1_1")

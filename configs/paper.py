@@ -9,11 +9,11 @@ a ~1000-image medical set (noted per key). Everything not overridden is configs/
 
 import ml_collections
 
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_sibling_config(__file__)
+    config = load_config("default")
     config.data.image_size = 224  # ImageNet-style input size of the paper's backbones.
     config.data.channels = 3  # Ultrasound screenshots are stored as RGB.
     config.model.icfdnet_preset = "paper"  # Four-stage ICFDNet with 14x14-token attention bottlenecks.

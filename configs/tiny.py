@@ -7,11 +7,11 @@ Everything not overridden here is configs/default.py (see the comments there).
 
 import ml_collections
 
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_sibling_config(__file__)
+    config = load_config("default")
     config.data.image_size = 32  # The smallest size every classifier accepts.
     config.data.num_examples = 96  # 60/15/25 split: ~57 train, ~14 validation, ~25 test images.
     config.model.icfdnet_preset = "tiny"  # Two-stage ICFDNet.

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flax_fld.atomic_files import write_json_atomically, write_text_atomically
 from flax_fld.metric_writers import METRICS_FILENAME
 from flax_fld.train_state import TrainState
 
@@ -141,10 +142,7 @@ DATASET_INFO_FILENAME = "dataset_info.json"
 
 
 def _write_json(path: str, payload: Any) -> None:
-    # Written to a temporary name and renamed, so a crash never leaves a half-written file behind.
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json_atomically(path, payload)  # a crash never leaves a half-written file behind
 
 
 def write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
@@ -152,9 +150,7 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Any) 
     shape, counts) and, when the project made the split, a copy of its WORKDIR/split_assignment.csv."""
     if jax.process_index() != 0:
         return
-    with open(os.path.join(workdir, CONFIG_FILENAME) + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(config.to_json_best_effort(indent=2))
-    os.replace(os.path.join(workdir, CONFIG_FILENAME) + ".tmp", os.path.join(workdir, CONFIG_FILENAME))
+    write_text_atomically(os.path.join(workdir, CONFIG_FILENAME), config.to_json_best_effort(indent=2))
     _write_json(os.path.join(workdir, DATASET_INFO_FILENAME), info.to_dict())
     if info.split_record:
         # The run keeps the assignment it trained on, whatever later happens to the prepared data.

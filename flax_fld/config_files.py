@@ -1,40 +1,56 @@
-"""Loading config files by path: configs/*.py are scripts for config_flags, not a package to import."""
+"""One loader for config files: ``load_config("tiny")``, ``load_config("configs/tiny.py")`` or a full path.
+
+configs/ sits next to the package, not inside it (``--config=configs/NAME.py`` is what config_flags is
+given), so its files are run from their path rather than imported.
+"""
 
 import importlib.util
 import os
 
 import ml_collections
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
-def load_sibling_config(config_file: str, name: str = "default.py") -> ml_collections.ConfigDict:
-    """``get_config()`` of the config file ``name`` next to ``config_file`` (pass ``__file__``)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-    spec = importlib.util.spec_from_file_location(f"flax_fld_config_{os.path.splitext(name)[0]}", path)
+
+def known_configs() -> list[str]:
+    """Names of the repository's config files (``configs/NAME.py``), sorted."""
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(name[:-3] for name in os.listdir(CONFIG_DIR) if name.endswith(".py") and not name.startswith("_"))
+
+
+def config_path(name_or_path: str) -> str:
+    """The config file meant by a name (``tiny`` -> REPO/configs/tiny.py) or a path.
+
+    A relative path is looked up in the working directory first, then under the repository root, so
+    ``configs/tiny.py`` works from anywhere. ValueError names what was looked for when nothing is found.
+    """
+    if not name_or_path:
+        raise ValueError(f"config: empty name; choose one of {', '.join(known_configs())} or give a path")
+    is_name = not name_or_path.endswith(".py") and "/" not in name_or_path and os.sep not in name_or_path
+    if is_name:
+        path = os.path.join(CONFIG_DIR, f"{name_or_path}.py")
+        if not os.path.isfile(path):
+            raise ValueError(f"config: unknown name {name_or_path!r} (no {path}); "
+                             f"choose one of {', '.join(known_configs())} or give a path")
+        return path
+    candidates = [os.path.abspath(name_or_path)]
+    if not os.path.isabs(name_or_path):
+        candidates.append(os.path.join(REPO_ROOT, name_or_path))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise ValueError(f"config: file {name_or_path} not found (looked at {' and '.join(dict.fromkeys(candidates))})")
+
+
+def load_config(name_or_path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``config_path(name_or_path)`` names (a fresh ConfigDict each call)."""
+    path = config_path(name_or_path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"flax_fld_config_{stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config: {path} defines no get_config()")
     return module.get_config()
-
-
-
-def run_main(main) -> None:
-    """``absl.app.run(main)``, except that a bad ``--config.KEY=VALUE`` override (a misspelt key, a value of
-    the wrong type) ends with one line naming it, and the ml_collections suggestion, instead of a traceback."""
-    import sys
-
-    from absl import app, flags
-
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as error:  # absl's own usage errors, reported as absl does
-            sys.exit(f"FATAL Flags parsing error: {error}")
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
-            # ml_collections escapes its "did you mean" text into the message: unescape it to one line.
-            message = str(error).replace("\\n", " ").replace("\\'", "'")
-            if len(message) > 1 and message[0] == message[-1] == "'":
-                message = message[1:-1]
-            message = " ".join(message.split())
-            given = " ".join(arg for arg in argv[1:] if arg.startswith("--config."))
-            sys.exit(f"error: bad config override ({message}); overrides given: {given or 'none'}")
-
-    app.run(main, flags_parser=parse)

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The paper's column order (Tables 1 and 2); used by format_table when these classes are present.
-PAPER_CLASS_ORDER = ("mild", "moderate", "severe", "normal")
+from flax_fld.names import paper_column_order
 
 
 def _is_concrete(array) -> bool:
@@ -111,13 +110,6 @@ def class_report(confusion, class_names: Sequence[str]) -> dict:
     }
 
 
-def _column_order(class_names: Sequence[str]) -> list[str]:
-    by_lower = {name.lower(): name for name in class_names}
-    if len(class_names) == len(PAPER_CLASS_ORDER) and set(by_lower) == set(PAPER_CLASS_ORDER):
-        return [by_lower[name] for name in PAPER_CLASS_ORDER]
-    return list(class_names)
-
-
 def format_table(rows: Sequence[tuple[str, dict]]) -> str:
     """A markdown table in the layout of the paper's Table 1.
 
@@ -141,7 +133,7 @@ def format_table(rows: Sequence[tuple[str, dict]]) -> str:
                 f"metrics.format_table: row {method!r} has classes {list(report['per_class_accuracy'])}, "
                 f"expected {class_names}"
             )
-    columns = _column_order(class_names)
+    columns = paper_column_order(class_names)
     header = ["Method"] + [f"{name.capitalize()}%" for name in columns] + ["Best-Worst%", "Average%"]
     best_average = max(round(report["average"], 2) for _, report in rows)
     smallest_gap = min(round(report["best_worst"], 2) for _, report in rows)

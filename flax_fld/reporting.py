@@ -7,6 +7,8 @@ epochs for the best checkpoint, the metrics.jsonl validation fields, and the war
 import ml_collections
 import numpy as np
 
+from flax_fld import names
+
 def class_accuracies(report: dict) -> list[float]:
     """Per-class accuracies (percent) of a report in label order."""
     return [float(report["per_class_accuracy"][name]) for name in report["class_names"]]
@@ -92,20 +94,6 @@ def validation_record(report: dict) -> dict:
     return record
 
 
-_DISPLAY_NAMES = {
-    "squeezenet1_1": "SqueezeNet",
-    "resnet18": "ResNet",
-    "cbam_resnet18": "CBAM",
-    "se_resnet18": "SENet",
-    "vit": "ViT",
-}
-
-
 def method_name(config: ml_collections.ConfigDict) -> str:
     """The paper's row label of a config, e.g. ``SqueezeNet+ICFDNet+AT`` (Tables 1 and 2)."""
-    name = _DISPLAY_NAMES.get(config.model.classifier, config.model.classifier)
-    if config.model.use_decouplers:
-        name += "+ICFDNet"
-    if config.adv.enabled:
-        name += "+AT"
-    return name
+    return names.method_name(config.model.classifier, config.model.use_decouplers, config.adv.enabled)

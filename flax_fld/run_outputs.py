@@ -7,7 +7,6 @@ its methods unconditionally; on the other processes they do nothing, so the loop
 ``launch/eval.py`` too.
 """
 
-import json
 import os
 from typing import Sequence
 
@@ -15,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_fld import checkpointing, input_pipeline, metric_writers, metrics, plots, reporting
+from flax_fld import atomic_files, checkpointing, input_pipeline, metric_writers, metrics, plots, reporting
 from flax_fld.models import fld
 
 
@@ -99,10 +98,7 @@ def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) 
     A report of another split than ``test`` goes to ``eval_<split>.json`` / ``confusion_matrix_<split>.png``.
     """
     suffix = "" if report["split"] == "test" else f"_{report['split']}"
-    path = os.path.join(workdir, f"eval{suffix}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_files.write_json_atomically(os.path.join(workdir, f"eval{suffix}.json"), report)
     plots_dir = os.path.join(workdir, "plots")
     os.makedirs(plots_dir, exist_ok=True)
     plots.plot_confusion_matrix(

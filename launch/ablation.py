@@ -1,288 +1,39 @@
-"""Table 2 of the paper: for each backbone, baseline vs +ICFDNet vs +ICFDNet+AT, over several seeds.
+"""Table 2 of the paper: baseline, +ICFDNet and +ICFDNet+AT per backbone over several seeds (flax_fld/ablation.py).
 
   python launch/ablation.py --config=configs/ablation.py --workdir=workdir/ablation
 
-Rows (per backbone, as in Table 2):
-  baseline     model.use_decouplers=False, adv.enabled=False  (the classifier alone on the color transform)
-  icfdnet      model.use_decouplers=True,  adv.enabled=False  (+ICFDNet)
-  icfdnet_at   model.use_decouplers=True,  adv.enabled as configured (+ICFDNet+AT, the full method)
-
-Config keys read from ``config.ablation`` (everything else is the training config every run starts from):
-  backbones  tuple of classifier names (models.get_classifier), one group of rows each
-  seeds      tuple of seeds (an int n means seeds 0..n-1); each cell is mean +- std over them
-  rows       which of ("baseline", "icfdnet", "icfdnet_at") to run
-
-A floor comes first in the table: multinomial logistic regression on the raw pixels (``flax_fld.linear_probe``,
-same data source and split, in WORKDIR/linear/eval.json; ``config.ablation.linear_floor=False`` skips it), so
-a deep row below a linear model shows at once. A run whose test predictions collapsed to one class is marked.
-
-Each run trains with ``train.train_and_evaluate`` in WORKDIR/<backbone>/<row>/seed_<s>; a run whose directory
-already has eval.json is not repeated, so re-running the same command resumes the ablation. All runs share
-one prepared data set (WORKDIR/../tfds_data, as for any workdir, unless config.data.data_dir is set). After
-every run the partial table is rewritten to WORKDIR/ablation.md and WORKDIR/ablation.json.
+Re-running the same command resumes: runs with an eval.json are reused. WORKDIR/ablation.md and ablation.json
+hold the table so far after every run; the console shows each run with the whole ablation's progress and ETA.
 """
 
-from __future__ import annotations
-
-import datetime
-import json
+import functools
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import ml_collections
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import config_files, metrics
+from flax_fld import ablation, cli
 
-ROW_SUFFIXES = {"baseline": "", "icfdnet": "+ICFDNet", "icfdnet_at": "+ICFDNet+AT"}
-LINEAR_METHOD = "Linear floor (logistic regression, raw pixels)"
-# The paper's names for the backbones in its tables.
-BACKBONE_DISPLAY_NAMES = {
-    "squeezenet1_1": "SqueezeNet",
-    "resnet18": "ResNet",
-    "cbam_resnet18": "CBAM",
-    "se_resnet18": "SENet",
-    "vit": "ViT",
-}
-
-
-def ablation_settings(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
-    """(backbones, seeds, rows) from ``config.ablation``, validated; ValueError names the bad key."""
-    if "ablation" not in config:
-        raise ValueError("config has no 'ablation' section (expected config.ablation.backbones/seeds/rows)")
-    section = config.ablation
-    backbones = tuple(section.get("backbones", ()))
-    if not backbones:
-        raise ValueError("config.ablation.backbones is empty")
-    seeds = section.get("seeds", 1)
-    seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError("config.ablation.seeds is empty")
-    rows = tuple(section.get("rows", tuple(ROW_SUFFIXES)))
-    unknown = [row for row in rows if row not in ROW_SUFFIXES]
-    if unknown or not rows:
-        raise ValueError(f"config.ablation.rows has unknown rows {unknown}; choose from {tuple(ROW_SUFFIXES)}")
-    return backbones, seeds, rows
-
-
-def method_name(backbone: str, row: str) -> str:
-    """The Table 2 row label, e.g. ``SqueezeNet+ICFDNet+AT``."""
-    return BACKBONE_DISPLAY_NAMES.get(backbone, backbone) + ROW_SUFFIXES[row]
-
-
-def run_directory(workdir: str, backbone: str, row: str, seed: int) -> str:
-    return os.path.join(workdir, backbone, row, f"seed_{seed}")
-
-
-def variant_config(config: ml_collections.ConfigDict, backbone: str, row: str, seed: int,
-                   data_dir: str) -> ml_collections.ConfigDict:
-    """The training config of one ablation run: the base config with the row's switches, without ``ablation``."""
-    variant = ml_collections.ConfigDict(config.to_dict())
-    del variant["ablation"]
-    variant.seed = int(seed)
-    variant.model.classifier = backbone
-    variant.model.use_decouplers = row != "baseline"
-    if row != "icfdnet_at":
-        variant.adv.enabled = False
-    variant.data.data_dir = data_dir
-    return variant
-
-
-def linear_floor_result(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
-                        log: Callable[[str], Any] = print) -> dict:
-    """The linear-probe row (WORKDIR/linear/eval.json, reused when present) in the ``results`` item layout."""
-    path = os.path.join(workdir, "linear", "eval.json")
-    if os.path.exists(path):
-        log(f"linear floor: reusing {path}")
-        with open(path, encoding="utf-8") as handle:
-            report = json.load(handle)
-    else:
-        from flax_fld import input_pipeline, linear_probe  # the training stack, as in run_ablation
-
-        log("linear floor: logistic regression on the raw pixels")
-        data_config = ml_collections.ConfigDict(config.data.to_dict())
-        data_config.data_dir = data_dir
-        report = linear_probe.fit_linear_probe(input_pipeline.prepare_data_source(data_config, data_dir))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-        os.replace(path + ".tmp", path)
-    return {"backbone": "linear", "row": "linear", "method": LINEAR_METHOD, "class_names": list(report["class_names"]),
-            "runs": {"-": {"average": report["average"], "best_worst": report["best_worst"],
-                           "per_class_accuracy": report["per_class_accuracy"]}},
-            "summary": aggregate_reports([report])}
-
-
-def _mean_std(values: Sequence[float]) -> dict:
-    array = np.asarray(values, np.float64)
-    return {
-        "mean": float(np.nanmean(array)) if np.isfinite(array).any() else float("nan"),
-        "std": float(np.nanstd(array, ddof=1)) if np.isfinite(array).sum() > 1 else 0.0,
-        "n": int(np.isfinite(array).sum()),
-    }
-
-
-def aggregate_reports(reports: Sequence[Mapping[str, Any]]) -> dict:
-    """Mean and sample std over seeds of every figure of the eval reports (the eval.json fields).
-
-    Returns ``{'per_class_accuracy': {name: {mean, std, n}}, 'average': {...}, 'best_worst': {...},
-    'balanced_accuracy': {...}, 'robust': {attack: {'average': {...}, 'best_worst': {...}}}}``. Best-Worst is
-    averaged per seed (the mean gap), not recomputed from the mean accuracies.
-    """
-    if not reports:
-        raise ValueError("aggregate_reports: no reports")
-    class_names = list(reports[0]["per_class_accuracy"])
-    summary: dict[str, Any] = {
-        "per_class_accuracy": {name: _mean_std([r["per_class_accuracy"][name] for r in reports])
-                               for name in class_names},
-    }
-    for key in ("average", "best_worst", "balanced_accuracy"):
-        summary[key] = _mean_std([r[key] for r in reports])
-    summary["epochs"] = [r.get("epoch") for r in reports]
-    summary["collapsed_runs"] = sum(bool(r.get("collapsed", False)) for r in reports)
-    attacks = [name for name in reports[0].get("robust", {}) if all(name in r.get("robust", {}) for r in reports)]
-    summary["robust"] = {
-        attack: {key: _mean_std([r["robust"][attack][key] for r in reports]) for key in ("average", "best_worst")}
-        for attack in attacks
-    }
-    return summary
-
-
-def _cell(stat: Mapping[str, float]) -> str:
-    if not np.isfinite(stat["mean"]):
-        return "n/a"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-    return f"{stat['mean']:.2f}"
-
-
-def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table in the layout of Table 2, one line per (backbone, row), mean ± std over seeds.
-
-    ``results`` items: ``{'backbone', 'row', 'method', 'class_names', 'summary': aggregate_reports(...)}``.
-    Class columns follow the paper's order (Mild, Moderate, Severe, Normal) when the classes are the
-    paper's. As in Table 2, the best Average of each backbone's group is bold and an arrow compares each
-    row's mean Average with its group's baseline. Extra columns: Best-Worst, the robust Average under each
-    attack the runs were evaluated with, and each seed's selected epoch.
-    """
-    if not results:
-        raise ValueError("format_ablation_table: no results")
-    class_names = list(results[0]["class_names"])
-    by_lower = {name.lower(): name for name in class_names}
-    if set(by_lower) == set(metrics.PAPER_CLASS_ORDER) and len(by_lower) == len(class_names):
-        class_names = [by_lower[name] for name in metrics.PAPER_CLASS_ORDER]
-    attacks = list(dict.fromkeys(a for r in results for a in r["summary"]["robust"]))
-    header = (["Method"] + [f"{name.capitalize()}%" for name in class_names] + ["Average%", "Best-Worst%"]
-              + [f"Robust Average% ({attack})" for attack in attacks] + ["Epoch (per seed)"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    for backbone in dict.fromkeys(r["backbone"] for r in results):
-        group = [r for r in results if r["backbone"] == backbone and r["row"] in ROW_SUFFIXES]
-        if not group:  # the linear floor
-            group = [r for r in results if r["backbone"] == backbone]
-        best = max(r["summary"]["average"]["mean"] for r in group)
-        baseline = next((r["summary"]["average"]["mean"] for r in group if r["row"] == "baseline"), None)
-        for result in group:
-            summary = result["summary"]
-            cells = [result["method"]] + [_cell(summary["per_class_accuracy"][name]) for name in class_names]
-            average = _cell(summary["average"])
-            if len(group) > 1 and summary["average"]["mean"] == best:
-                average = f"**{average}**"
-            if baseline is not None and result["row"] != "baseline":
-                average += " ↑" if summary["average"]["mean"] > baseline else " ↓"
-            cells += [average, _cell(summary["best_worst"])]
-            for attack in attacks:
-                robust = summary["robust"].get(attack)
-                cells.append(_cell(robust["average"]) if robust else "–")
-            epochs = [e for e in summary.get("epochs", []) if e is not None]
-            cells.append(", ".join(map(str, epochs)) if epochs else "–")
-            if summary.get("collapsed_runs"):
-                cells[0] += f" (collapsed to one class in {summary['collapsed_runs']} run(s))"
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(workdir: str, results: Sequence[Mapping[str, Any]], seeds: Sequence[int],
-                  command: str) -> tuple[str, str]:
-    """Writes WORKDIR/ablation.md and WORKDIR/ablation.json (atomically, so a crash never leaves half)."""
-    table = format_ablation_table(results)
-    counts = sorted({r["summary"]["average"]["n"] for r in results})
-    markdown = (
-        "# Ablation (Table 2 layout)\n\n"
-        + (f"Command: `{command}`\n\n" if command else "")
-        + f"Written {datetime.datetime.now().isoformat(timespec='seconds')}. Each cell: mean ± sample std over "
-        f"seeds {list(seeds)} (runs per cell: {', '.join(map(str, counts))}), test split, percent. Arrows compare "
-        "the mean Average with the group's baseline; bold is the group's best Average.\n\n" + table)
-    payload = {"command": command, "seeds": list(seeds), "results": list(results)}
-    paths = (os.path.join(workdir, "ablation.md"), os.path.join(workdir, "ablation.json"))
-    for path, text in zip(paths, (markdown, json.dumps(payload, indent=2))):
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(path + ".tmp", path)
-    return paths
-
-
-def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
-                 train_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
-                 command: str = "", log: Callable[[str], Any] = print) -> list[dict]:
-    """Runs (or resumes) every (backbone, row, seed) run and writes the tables; returns the results list."""
-    from flax_fld import input_pipeline  # imported here, as train, so the table code needs no TFDS
-
-    backbones, seeds, rows = ablation_settings(config)
-    if train_fn is None:
-        from flax_fld import train  # imported here so the table code is usable without the training stack
-        train_fn = train.train_and_evaluate
-    os.makedirs(workdir, exist_ok=True)
-    data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
-    results = []
-    if config.ablation.get("linear_floor", True):
-        results.append(linear_floor_result(config, workdir, data_dir, log))
-        write_outputs(workdir, results, seeds, command)
-    total, done = len(backbones) * len(rows) * len(seeds), 0
-    for backbone in backbones:
-        for row in rows:
-            reports, runs = [], {}
-            for seed in seeds:
-                done += 1
-                run_dir = run_directory(workdir, backbone, row, seed)
-                eval_path = os.path.join(run_dir, "eval.json")
-                if os.path.exists(eval_path):
-                    log(f"[{done}/{total}] {method_name(backbone, row)} seed {seed}: reusing {eval_path}")
-                    with open(eval_path, encoding="utf-8") as handle:
-                        report = json.load(handle)
-                else:
-                    log(f"[{done}/{total}] {method_name(backbone, row)} seed {seed}: training in {run_dir}")
-                    report = train_fn(variant_config(config, backbone, row, seed, data_dir), run_dir)
-                reports.append(report)
-                runs[str(seed)] = {"average": report["average"], "best_worst": report["best_worst"],
-                                   "per_class_accuracy": report["per_class_accuracy"]}
-            class_names = reports[0].get("class_names", list(reports[0]["per_class_accuracy"]))
-            results.append({"backbone": backbone, "row": row, "method": method_name(backbone, row),
-                            "class_names": list(class_names), "runs": runs,
-                            "summary": aggregate_reports(reports)})
-            write_outputs(workdir, results, seeds, command)
-    return results
+# No default file: with one, config_flags applies the overrides while defining the flag, before
+# cli.run_main could turn a misspelt key into one line.
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation config file (configs/ablation.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and ablation.md/json.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    command = "python " + " ".join(sys.argv)
-    # Orbax and TFDS log every file operation at INFO; the run headers and progress lines are what matter.
-    logging.set_verbosity(logging.WARNING)
-    results = run_ablation(_CONFIG.value, _WORKDIR.value, command=command)
-    print(format_ablation_table(results))
+    try:
+        results = ablation.run_ablation(_CONFIG.value, _WORKDIR.value, command="python " + " ".join(sys.argv),
+                                        log=functools.partial(print, flush=True))
+    except (ValueError, FloatingPointError) as error:  # bad config or data, a diverged run
+        sys.exit(f"error: {error}")
+    print(ablation.format_ablation_table(results))
     print(f"wrote {os.path.join(_WORKDIR.value, 'ablation.md')} and ablation.json")
 
 
 if __name__ == "__main__":
-    # Flags are defined only when run as a script, so tests can import this module next to other launchers.
-    # No default file: with one, config_flags applies the overrides while defining the flag, before
-    # run_main could turn a misspelt key into one line.
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation config file (configs/ablation.py).")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and ablation.md/json.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    config_files.run_main(main)
+    cli.run_main(main)

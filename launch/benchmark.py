@@ -15,9 +15,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
 from benchmarks import report, side_by_side  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld import cli  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld.atomic_files import write_text_atomically  # noqa: E402  pylint: disable=wrong-import-position
 from flax_fld.models import registry  # noqa: E402  pylint: disable=wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config of every row.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every row (default configs/default.py).")
 _QUICK = flags.DEFINE_bool("quick", False, "SqueezeNet + ResNet-18, train / TRADES / FLD + TRADES rows, eager torch "
                            "only, compile K in (10, 40), 1 and 2 devices.")
 _CLASSIFIERS = flags.DEFINE_list("classifiers", [], "Classifiers; empty: all (or the --quick pair).")
@@ -51,9 +53,8 @@ def main(argv) -> None:
     text = report.markdown(results, "python " + " ".join(sys.argv))
     print(text)
     if _OUT.value:
-        with open(_OUT.value, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write_text_atomically(_OUT.value, text)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_main(main, default_config="default", compilation_cache=False)  # the compile-time table must measure compiles

@@ -1,18 +1,20 @@
-"""Evaluate a trained run: ``python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test]
-[--robust=pgd|strong]``.
+"""Evaluate a trained run (flax_fld/evaluate_checkpoint.py).
 
-Loads the checkpoint, evaluates clean and PGD-CE robust per-class accuracy over every example of the split,
-writes DIR/eval.json (and DIR/plots/confusion_matrix.png) and prints the paper-style table. ``--robust=strong``
-adds eval.json's ``strong_robust``: per-class accuracy under random-sign noise, PGD-20, an APGD-style attack
-and their per-example worst case, with sanity checks (flax_fld/robust_eval.py; budget in ``adv.strong_*``).
+  python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test] [--robust=pgd|strong]
+
+Evaluates clean and PGD-CE robust per-class accuracy over every example of the split, writes DIR/eval.json
+(and DIR/plots/confusion_matrix.png) and prints the paper-style table. ``--robust=strong`` adds eval.json's
+``strong_robust``: per-class accuracy under random-sign noise, PGD-20, an APGD-style attack and their
+per-example worst case, with sanity checks (flax_fld/robust_eval.py; budget in ``adv.strong_*``).
 """
 
+import functools
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from flax_fld import config_files
+from flax_fld import cli, evaluate_checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch/train.py.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint slot (best falls back to latest).")
@@ -26,28 +28,14 @@ flags.mark_flag_as_required("workdir")
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Orbax and TFDS log every file operation at INFO; the progress lines are what a user wants to see.
-    logging.set_verbosity(logging.WARNING)
-    from flax_fld import evaluate, input_pipeline, reporting, robust_eval, run_outputs, train
-
     try:
-        config, model, variables, _ = train.load_for_inference(_WORKDIR.value, which=_WHICH.value)
-        data = input_pipeline.prepare_data_source(
-            config.data, input_pipeline.resolve_data_dir(config.data, _WORKDIR.value))
-        report = evaluate.evaluate_split(model, variables, config, data, split=_SPLIT.value, robust=True,
-                                         both_threat_models=True)
-        if _ROBUST.value == "strong":
-            report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data,
-                                                                  split=_SPLIT.value)
+        _, text = evaluate_checkpoint.evaluate_checkpoint(
+            _WORKDIR.value, which=_WHICH.value, split=_SPLIT.value, strong=_ROBUST.value == "strong",
+            log=functools.partial(print, flush=True))
     except ValueError as error:
         sys.exit(f"error: {error}")
-    report["checkpoint"] = f"{_WHICH.value} checkpoint"
-    report["method"] = reporting.method_name(config)
-    table = run_outputs.write_report(_WORKDIR.value, report, config)
-    print(f"{_SPLIT.value} split, {_WHICH.value} checkpoint:\n{table}")
-    if "strong_robust" in report:
-        print(robust_eval.format_strong(report["strong_robust"], report["method"]))
+    print(text)
 
 
 if __name__ == "__main__":
-    config_files.run_main(main)
+    cli.run_main(main)

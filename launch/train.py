@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import config_files
+from flax_fld import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/default.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots, eval.json.")
@@ -44,8 +44,6 @@ def initialize_distributed() -> None:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Orbax and TFDS log every file operation at INFO; the progress lines are what a user wants to see.
-    logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     import jax
 
@@ -61,4 +59,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    config_files.run_main(main)
+    cli.run_main(main)

@@ -1,10 +1,9 @@
-"""Tests for launch/ablation.py: run variants, resumability and the Table 2 mean ± std layout.
+"""Tests for flax_fld/ablation.py: run variants, resumability and the Table 2 mean ± std layout.
 
 Training is replaced by a fake ``train_fn`` that writes an eval.json whose numbers depend on the run's
 config, so the table arithmetic can be checked by hand; the real training path is covered by train's tests.
 """
 
-import importlib.util
 import json
 import os
 
@@ -12,12 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flax_fld import metrics
-
-_SPEC = importlib.util.spec_from_file_location(
-    "ablation_launcher", os.path.join(os.path.dirname(__file__), "..", "launch", "ablation.py"))
-ablation = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(ablation)
+from flax_fld import ablation, metrics
+from flax_fld.config_files import load_config
 
 CLASS_NAMES = ("normal", "mild", "moderate", "severe")
 
@@ -126,9 +121,7 @@ def test_integer_seed_count_means_range():
 
 
 def test_linear_floor_is_the_first_row_and_is_reused(tmp_path):
-    from flax_fld.config_files import load_sibling_config
-
-    config = load_sibling_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"), "tiny.py")
+    config = load_config("tiny")
     config.ablation = ml_collections.ConfigDict(
         {"backbones": ("squeezenet1_1",), "seeds": 1, "rows": ("baseline",), "linear_floor": True})
     config.data.data_dir = str(tmp_path / "tfds")
@@ -141,3 +134,28 @@ def test_linear_floor_is_the_first_row_and_is_reused(tmp_path):
     assert lines[2].startswith(f"| {ablation.LINEAR_METHOD} |")
     ablation.run_ablation(config, str(tmp_path), train_fn=_fake_train([]), log=logged.append)
     assert any("reusing" in line and "linear" in line for line in logged)
+
+
+def test_progress_counts_the_whole_ablation_and_estimates_from_the_trained_runs(tmp_path):
+    config = _config(seeds=(0, 1), rows=("baseline",))  # 2 backbones x 1 row x 2 seeds = 4 runs
+    # One run finished earlier: it is reused, counted in "done", and neither in the mean nor in what is left.
+    _fake_train([])(ablation.variant_config(config, "squeezenet1_1", "baseline", 0, ""),
+                    ablation.run_directory(str(tmp_path), "squeezenet1_1", "baseline", 0))
+    now, durations = [1000.0], iter([60.0, 180.0, 30.0])
+    fake = _fake_train([])
+
+    def timed_train(variant, workdir):
+        now[0] += next(durations)
+        return fake(variant, workdir)
+
+    logged = []
+    ablation.run_ablation(config, str(tmp_path), train_fn=timed_train, log=logged.append, clock=lambda: now[0])
+    assert logged[0].startswith("[1/4] SqueezeNet seed 0: reusing")
+    assert logged[1].startswith("[2/4] SqueezeNet seed 1: training in")
+    assert logged[1].endswith("| 0.0s elapsed, ETA unknown until the first run finishes")
+    assert logged[2] == "[2/4] SqueezeNet seed 1: finished in 1m00s | 1m00s elapsed, ETA 2m00s (1m00s per run, 2 runs left)"
+    assert logged[3].endswith("| 1m00s elapsed, ETA 2m00s (1m00s per run, 2 runs left)")
+    # Mean of 60 s and 180 s = 2 minutes per run, one run left.
+    assert logged[4] == "[3/4] ResNet seed 0: finished in 3m00s | 4m00s elapsed, ETA 2m00s (2m00s per run, 1 run left)"
+    assert logged[6] == "[4/4] ResNet seed 1: finished in 30.0s | 4m30s elapsed, no runs left"
+    assert len(logged) == 7

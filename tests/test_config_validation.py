@@ -8,16 +8,16 @@ import sys
 import pytest
 
 from flax_fld import config_validation
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def config(name="default.py"):
-    return load_sibling_config(os.path.join(REPO, "configs", "x.py"), name)
+def config(name="default"):
+    return load_config(name)
 
 
-@pytest.mark.parametrize("name", ["default.py", "tiny.py", "paper.py", "ablation.py"])
+@pytest.mark.parametrize("name", ["default", "tiny", "paper", "ablation"])
 def test_shipped_configs_are_valid(name):
     config_validation.validate_config(config(name))
 
@@ -80,13 +80,13 @@ def test_launch_train_refuses_bad_overrides_in_one_line(tmp_path, override, expe
 def test_resume_with_other_settings_lists_the_changed_keys(tmp_path):
     from flax_fld import checkpointing, train
 
-    run = config("tiny.py")
+    run = config("tiny")
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(run.to_json_best_effort())
     assert checkpointing.config_changes(str(workdir), run) == []  # no checkpoint yet: nothing to resume
     (workdir / "checkpoints" / "12").mkdir(parents=True)
-    changed = config("tiny.py")
+    changed = config("tiny")
     changed.data.image_size = 48
     changed.model.classifier = "resnet18"
     changed.train.num_epochs = 9  # may change on a resume

@@ -70,7 +70,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
     data_dir, trial = str(root / "tfds_data"), str(root / "trial")
     # One preparation of the data set before the two concurrent runs read it.
-    input_pipeline.prepare_data_source(config_files.load_sibling_config(__file__, "../configs/tiny.py").data, data_dir)
+    input_pipeline.prepare_data_source(config_files.load_config("tiny").data, data_dir)
     kills = [KillPoint("after_checkpoint", 1), KillPoint("log", r"^step 4/6", 0.2), KillPoint("during_write", 1)]
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(reference_then_corrupt_copy, root, data_dir)

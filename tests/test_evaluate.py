@@ -1,7 +1,6 @@
 """Evaluation: every example counted once (padding masked), confusion matches a direct forward pass; the
 launch/train.py and launch/eval.py command lines end to end on the tiny preset."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,23 +8,16 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from flax_fld import evaluate, input_pipeline
+from flax_fld.config_files import load_config
 from flax_fld.models import fld
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FIELDS = ("per_class_accuracy", "average", "best_worst", "balanced_accuracy", "confusion_matrix", "robust",
                  "class_names", "split")
-
-
-def load_config(name: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(f"config_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 @pytest.fixture(scope="module")

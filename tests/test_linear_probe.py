@@ -23,10 +23,9 @@ def test_logistic_regression_separates_separable_data_and_l2_shrinks_weights():
 
 
 def test_fit_linear_probe_reports_the_test_split_of_a_prepared_data_set(tmp_path):
-    import os
-    from flax_fld.config_files import load_sibling_config
+    from flax_fld.config_files import load_config
 
-    config = load_sibling_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"), "tiny.py")
+    config = load_config("tiny")
     data = input_pipeline.prepare_data_source(config.data, str(tmp_path))
     report = linear_probe.fit_linear_probe(data, l2_grid=(1e-2, 1.0))
     assert report["l2"] in (1e-2, 1.0)

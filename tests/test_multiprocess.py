@@ -41,7 +41,7 @@ FINAL_ATOL = 5e-2  # after two steps: a sanity bound only (see the module docstr
 
 
 def tiny_config():
-    return config_files.load_sibling_config(__file__, "../configs/tiny.py")
+    return config_files.load_config("tiny")
 
 
 def train_command(workdir: str, data_dir: str) -> list[str]:

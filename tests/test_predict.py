@@ -1,6 +1,5 @@
-"""Tests for launch/predict.py on a run trained here with configs/tiny.py (one epoch, 32 px)."""
+"""Tests for flax_fld/predict.py and launch/predict.py on a configs/tiny.py run directory (32 px)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,20 +9,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from flax_fld import checkpointing, input_pipeline, train
+from flax_fld import checkpointing, input_pipeline, predict, train
+from flax_fld.config_files import load_config
 from flax_fld.models import fld
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
-
-def _load_module(name, relative_path):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(_ROOT, relative_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict = _load_module("predict_launcher", "launch/predict.py")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +24,7 @@ def trained_run(tmp_path_factory):
     ``train.load_for_inference`` can read, and any weights give the same equalities checked here.
     """
     root = tmp_path_factory.mktemp("predict")
-    config = _load_module("tiny_config", "configs/tiny.py").get_config()
+    config = load_config("tiny")
     config.data.data_dir = str(root / "tfds_data")
     info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
@@ -120,7 +110,7 @@ def test_cli_bad_image_is_one_line_naming_the_file_and_nonzero_exit(trained_run,
                              good, str(bad)], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("predict.py: cannot read image") and str(bad) in last
+    assert last.startswith("error: cannot read image") and str(bad) in last
     assert "Traceback" not in result.stderr
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flax_fld import config_validation, pretrained, train
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 from flax_fld.models import fld, get_classifier
 from torch_helpers import torch_or_skip, torchvision_models
 
@@ -116,7 +116,7 @@ def test_a_truncated_pth_is_refused_with_its_path(tmp_path):
 
 
 def _config(init_from: str) -> ml_collections.ConfigDict:
-    config = load_sibling_config("configs/tiny.py")
+    config = load_config("tiny")
     config.model.classifier = "resnet18"
     config.model.init_from = init_from
     return config

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from flax_fld import metrics, reporting, train
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 from flax_fld.models import fld, get_classifier
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
 from flax_fld.train_state import TrainState
@@ -23,8 +23,7 @@ SIZE, CLASSES = 32, 4
 
 
 def _default_config() -> ml_collections.ConfigDict:
-    import os
-    return load_sibling_config(os.path.join(os.path.dirname(__file__), "..", "configs", "x.py"))
+    return load_config("default")
 
 
 def test_squeezenet_batch_norm_adds_statistics_and_drops_conv_biases():

@@ -6,7 +6,6 @@ attack is checked against the truth, not only against PGD. Multiplying its logit
 cross-entropy gradients are exactly zero and PGD-CE fails, the gradient masking a scale-free loss must defeat.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_fld import attack, checkpointing, input_pipeline, robust_eval, strong_attack, train
+from flax_fld import attack, checkpointing, config_files, input_pipeline, robust_eval, strong_attack, train
 from flax_fld.models import fld
 from model_helpers import synthetic_variables
 
@@ -189,10 +188,7 @@ def test_sanity_checks_flag_a_constructed_violation_as_a_warning():
 
 
 def _tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, "configs", "tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_files.load_config("tiny")
 
 
 def test_through_the_fld_model_seeded_strong_attack_is_a_subset_of_pgd():

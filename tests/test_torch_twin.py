@@ -41,7 +41,7 @@ import ml_collections  # noqa: E402
 import optax  # noqa: E402
 
 from flax_fld import color, objective, train  # noqa: E402
-from flax_fld.config_files import load_sibling_config  # noqa: E402
+from flax_fld.config_files import load_config  # noqa: E402
 from flax_fld.models import fld, get_classifier, icfdnet, registry, squeezenet  # noqa: E402
 from flax_fld.models.vit import VIT_PRESETS  # noqa: E402  (flax_fld.models.vit is shadowed by the function)
 
@@ -55,13 +55,6 @@ BATCH, SIZE, CHANNELS, CLASSES, STEPS = 4, 32, 1, 4, 3
 LABELS = np.array([2, 0, 3, 1])
 CLASS_EPSILON = np.array([8, 6, 4, 10], np.float32) / 255  # gathered by label: per-example radii
 CLASS_BETA = np.array([0.2, 0.5, 0.6, 0.9], np.float32)
-CONFIG_DIR = os.path.join(REPO, "configs")
-
-
-def config_named(name: str):
-    return load_sibling_config(os.path.join(CONFIG_DIR, name), name)
-
-
 VALUE_RTOL, GRAD_RTOL, GRAD_ATOL = 1e-9, 1e-7, 1e-10
 
 
@@ -340,9 +333,9 @@ def test_cpu_preset_icfdnet_matches_flax():
 
 def config_variants():
     """configs/default.py itself, then each classifier of the registry in the baseline (no decouplers)."""
-    yield "default", config_named("default.py")
+    yield "default", load_config("default")
     for name in list(registry) + ["squeezenet1_1 without BN"]:
-        config = config_named("default.py")
+        config = load_config("default")
         config.model.use_decouplers = False
         config.model.classifier = name.split()[0]
         config.model.squeezenet_batch_norm = "without" not in name
@@ -369,7 +362,7 @@ def test_weights_pair_up_for_every_config(label, config):
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_optimizer_matches_optax(optimizer):
     """Clip-by-global-norm + AdamW/SGD with the decay mask and the warm-up + cosine schedule, three steps."""
-    config = config_named("tiny.py")
+    config = load_config("tiny")
     config.model.use_decouplers, config.model.classifier = False, "vit"
     config.optim = ml_collections.ConfigDict(dict(config.optim.to_dict(), name=optimizer, warmup_epochs=1 / 3))
     config.train.num_epochs = 2
@@ -397,7 +390,7 @@ def test_optimizer_matches_optax(optimizer):
 
 def test_learning_rate_schedule_matches_optax():
     for schedule, warmup_epochs in (("cosine", 0), ("cosine", 1), ("constant", 0), ("constant", 1.5)):
-        optim = ml_collections.ConfigDict(dict(config_named("default.py").optim.to_dict(), schedule=schedule,
+        optim = ml_collections.ConfigDict(dict(load_config("default").optim.to_dict(), schedule=schedule,
                                                warmup_epochs=warmup_epochs))
         ours = torch_train.learning_rate_fn(optim, 3, 4)
         theirs = train.create_learning_rate_fn(optim, 3, 4)
@@ -405,10 +398,10 @@ def test_learning_rate_schedule_matches_optax():
             assert math.isclose(ours(step), float(theirs(step)), rel_tol=1e-5, abs_tol=1e-9), (schedule, step)
 
 
-@pytest.mark.parametrize("config_name", ["tiny.py", "default.py"])
+@pytest.mark.parametrize("config_name", ["tiny", "default"])
 def test_build_twin_and_train_step_for_the_benchmark(config_name):
     """What launch/benchmark.py times: build_twin(config) and train_step on a flax-side (NHWC) batch."""
-    config = config_named(config_name)
+    config = load_config(config_name)
     config.model.squeezenet_batch_norm = True
     config.adv.start_epoch = 0
     trainer = torch_train.build_twin(config, steps_per_epoch=2)

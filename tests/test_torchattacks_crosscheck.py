@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flax_fld import robust_eval
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 from flax_fld.models import fld
 from torch_helpers import torch_or_skip, torchvision_models
 
@@ -44,7 +44,7 @@ class _TwinLogits(torch.nn.Module):
 
 
 def _models(images: np.ndarray):
-    config = load_sibling_config("configs/tiny.py")
+    config = load_config("tiny")
     config.data.image_size = SIZE
     config.model.use_decouplers = False
     model = fld.create_fld_model(config.model, NUM_CLASSES, image_channels=1)

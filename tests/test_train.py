@@ -6,7 +6,6 @@ the evaluation step are cached per model and config, and the resumed run reuses 
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -21,17 +20,9 @@ import optax
 import pytest
 
 from flax_fld import checkpointing, input_pipeline, models, train, weight_averaging
+from flax_fld.config_files import load_config
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(f"config_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def adv_config(**overrides) -> ml_collections.ConfigDict:

@@ -1,14 +1,9 @@
-"""Parameter counts and XLA-counted forward FLOPs per image of every classifier and ICFDNet preset.
-
-    python -m flax_fld.models.summary [--num_classes 4] [--feature_channels 4] [--image_channels 1]
-                                      [--color_space ycbcr]
-
-Prints a markdown table. Nothing is executed: variables come from `jax.eval_shape` and FLOPs from the cost
+"""Parameter counts and XLA-counted forward FLOPs per image of every classifier and ICFDNet preset
+(``launch/summarize_model.py``), as a markdown table. Nothing is executed: variables come from `jax.eval_shape` and FLOPs from the cost
 analysis of the lowered (eval-mode, batch 1) forward pass, so the 224 px rows cost seconds, not minutes.
 Classifiers see x_c with 2F + Cc channels (the full model of Fig. 2); the decouplers see the image.
 """
 
-import argparse
 from typing import Optional
 
 import flax.linen as nn
@@ -80,20 +75,12 @@ def format_markdown(rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_classes", type=int, default=4)
-    parser.add_argument("--feature_channels", type=int, default=4, help="F of each decoupler (config default 4)")
-    parser.add_argument("--image_channels", type=int, default=1, help="channels of the input image")
-    parser.add_argument("--color_space", default="ycbcr", help="Y_c of Algorithm 1; sets Cc")
-    args = parser.parse_args(argv)
-    rows = summary_rows(args.num_classes, args.feature_channels, args.image_channels, args.color_space)
-    print(f"Forward pass, eval mode, per image; XLA cost analysis (a multiply-add counts as 2 FLOPs). "
-          f"K = {args.num_classes}; classifiers take x_c with 2F + Cc = "
-          f"{2 * args.feature_channels + color.num_color_channels(args.color_space)} channels "
-          f"(F = {args.feature_channels}, {args.color_space}); ICFDNet takes the {args.image_channels}-channel image.\n")
-    print(format_markdown(rows))
-
-
-if __name__ == "__main__":
-    main()
+def summary_text(num_classes: int = 4, feature_channels: int = 4, image_channels: int = 1,
+                 color_space: str = "ycbcr") -> str:
+    """A line saying what was counted, then ``format_markdown(summary_rows(...))``."""
+    rows = summary_rows(num_classes, feature_channels, image_channels, color_space)
+    classifier_channels = 2 * feature_channels + color.num_color_channels(color_space)
+    return (f"Forward pass, eval mode, per image; XLA cost analysis (a multiply-add counts as 2 FLOPs). "
+            f"K = {num_classes}; classifiers take x_c with 2F + Cc = {classifier_channels} channels "
+            f"(F = {feature_channels}, {color_space}); ICFDNet takes the {image_channels}-channel image.\n\n"
+            + format_markdown(rows))

@@ -1,0 +1,47 @@
+"""Evaluating a saved run (``launch/eval.py``): load a checkpoint, evaluate one split clean and under PGD-CE,
+optionally under the strong attacks, write eval.json, and say how far it got with the time elapsed."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flax_fld.progress import format_duration
+
+
+def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test", strong: bool = False,
+                        log: Callable[[str], Any] = print,
+                        clock: Callable[[], float] = time.monotonic) -> tuple[dict, str]:
+    """Evaluates WORKDIR's ``which`` checkpoint on ``split``; returns ``(report, text to print)``.
+
+    The report (written to WORKDIR/eval.json, or eval_<split>.json) holds the clean per-class accuracy, PGD-CE
+    under both threat models (``robust``) and, with ``strong``, ``strong_robust`` (flax_fld/robust_eval.py).
+    ``log`` gets a line per evaluated part (clean and each attack) with the time elapsed.
+    ValueError: a missing or unreadable run directory or checkpoint.
+    """
+    from flax_fld import evaluate, input_pipeline, reporting, robust_eval, run_outputs, train
+
+    started = clock()
+
+    def elapsed() -> str:
+        return f"{format_duration(clock() - started)} elapsed"
+
+    config, model, variables, _ = train.load_for_inference(workdir, which=which)
+    data = input_pipeline.prepare_data_source(config.data, input_pipeline.resolve_data_dir(config.data, workdir))
+    log(f"loaded the {which} checkpoint of {workdir} | {elapsed()}")
+    report = evaluate.evaluate_split(model, variables, config, data, split=split, robust=True,
+                                     both_threat_models=True)
+    log(f"{split} split, clean: average {report['average']:.2f}% over {report['num_examples']} examples "
+        f"| {elapsed()}")
+    for attack, robust in report["robust"].items():  # evaluated in the same pass as the clean accuracy
+        log(f"{split} split, {attack}: average {robust['average']:.2f}% | {elapsed()}")
+    if strong:
+        report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data, split=split)
+        averages = ", ".join(f"{name} {attack_report['average']:.2f}%"
+                             for name, attack_report in report["strong_robust"]["attacks"].items())
+        log(f"{split} split, strong attacks: {averages} | {elapsed()}")
+    report["checkpoint"] = f"{which} checkpoint"
+    report["method"] = reporting.method_name(config)
+    text = f"{split} split, {which} checkpoint:\n{run_outputs.write_report(workdir, report, config)}"
+    if "strong_robust" in report:
+        text += "\n" + robust_eval.format_strong(report["strong_robust"], report["method"])
+    return report, text

@@ -1,0 +1,96 @@
+"""flax_fld/cli.py (what the launch scripts share) and flax_fld/progress.py (their progress lines)."""
+
+import logging as std_logging
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from absl import logging
+
+from flax_fld import cli, progress
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def restored_cache_dir():
+    """Puts jax's compilation cache setting back after the test (the test session has its own)."""
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_the_cache_is_on_by_default_in_the_users_cache_folder(restored_cache_dir, tmp_path):
+    environ = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    folder = cli.enable_compilation_cache(environ)
+    assert folder == str(tmp_path / "xdg" / "flax_fld" / "jax")
+    assert jax.config.jax_compilation_cache_dir == folder
+    assert cli.compilation_cache_dir({}) == os.path.join(os.path.expanduser("~"), ".cache", "flax_fld", "jax")
+
+
+def test_the_variable_names_another_folder_or_turns_the_cache_off(restored_cache_dir, tmp_path):
+    jax.config.update("jax_compilation_cache_dir", "/untouched")
+    for off in ("0", "off", "False"):
+        assert cli.enable_compilation_cache({cli.CACHE_ENV: off}) is None
+    assert jax.config.jax_compilation_cache_dir == "/untouched"
+    mine = str(tmp_path / "mine")
+    assert cli.enable_compilation_cache({cli.CACHE_ENV: mine}) == mine
+    assert jax.config.jax_compilation_cache_dir == mine
+
+
+def test_an_existing_jax_compilation_cache_dir_is_left_to_jax(restored_cache_dir):
+    jax.config.update("jax_compilation_cache_dir", "/set/by/jax")
+    environ = {"JAX_COMPILATION_CACHE_DIR": "/from/env", cli.CACHE_ENV: "/ignored"}
+    assert cli.enable_compilation_cache(environ) == "/from/env"
+    assert jax.config.jax_compilation_cache_dir == "/set/by/jax"
+
+
+def test_quiet_library_logging_sets_warning_and_drops_only_routine_tfds_warnings():
+    before, absl_logger = logging.get_verbosity(), std_logging.getLogger("absl")
+    try:
+        logging.set_verbosity(logging.INFO)
+        cli.quiet_library_logging()
+        cli.quiet_library_logging()  # the filter is installed once
+        assert logging.get_verbosity() == logging.WARNING
+        assert absl_logger.filters.count(cli._keep_record) == 1
+    finally:
+        logging.set_verbosity(before)
+        absl_logger.removeFilter(cli._keep_record)
+
+    def record(path, message):
+        return std_logging.LogRecord("absl", std_logging.WARNING, path, 1, message, None, None)
+
+    tfds = "/venv/site-packages/tensorflow_datasets/core/dataset_builder.py"
+    assert not cli._keep_record(record(tfds, "Using custom data configuration: SyntheticConfig(...)"))
+    assert cli._keep_record(record(tfds, "Dataset folder is corrupt"))
+    assert cli._keep_record(record("/repo/flax_fld/train.py", "Using custom data configuration"))
+
+
+def test_the_default_config_is_given_only_when_the_command_line_has_none():
+    assert cli.with_default_config(["x.py", "--config.seed=1"], "/d.py") == ["x.py", "--config=/d.py", "--config.seed=1"]
+    for given in (["x.py", "--config=t.py", "--config.seed=1"], ["x.py", "--config", "t.py"]):
+        assert cli.with_default_config(given, "/d.py") == given
+
+
+def test_a_misspelt_config_key_is_one_line_also_with_the_default_config():
+    # launch/preview_data.py without --config starts from configs/default.py.
+    result = subprocess.run([sys.executable, "launch/preview_data.py", "--config.data.imagesize=8"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: bad config override (") and "imagesize" in last
+
+
+@pytest.mark.parametrize("seconds, text", [(0.04, "0.0s"), (42.0, "42.0s"), (361.0, "6m01s"), (3725.0, "1h02m")])
+def test_durations_read_as_a_person_would_write_them(seconds, text):
+    assert progress.format_duration(seconds) == text
+
+
+def test_eta_is_the_mean_duration_times_what_is_left():
+    assert progress.eta_seconds([], 3) is None
+    assert progress.eta_seconds([60.0, 120.0], 4) == 360.0
+    assert progress.eta_seconds([60.0], 0) == 0.0
+    assert progress.progress_note(90.0, [60.0, 120.0], 1, unit="epoch") == \
+        "1m30s elapsed, ETA 1m30s (1m30s per epoch, 1 epoch left)"
