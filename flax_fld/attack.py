@@ -20,7 +20,7 @@ from flax_fld import losses
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 
-def _per_example(name: str, value: float | jax.Array, x: jax.Array) -> jax.Array:
+def per_example(name: str, value: float | jax.Array, x: jax.Array) -> jax.Array:
     """A scalar or ``[B]`` value reshaped to ``[B, 1, 1, 1]`` (or kept scalar) to broadcast against ``x``."""
     value = jnp.asarray(value, x.dtype)
     if value.ndim == 0:
@@ -97,8 +97,8 @@ def trades_pgd(
     """
     _check_steps(num_steps)
     x = jax.lax.stop_gradient(x)
-    epsilon = _per_example("epsilon", epsilon, x)
-    step_size = _per_example("step_size", step_size, x)
+    epsilon = per_example("epsilon", epsilon, x)
+    step_size = per_example("step_size", step_size, x)
     logits_clean = jax.lax.stop_gradient(logits_fn(x))
 
     def objective(x_adv):
@@ -140,8 +140,8 @@ def pgd_ce(
     if jnp.shape(labels) != (x.shape[0],):
         raise ValueError(f"attack.pgd_ce: labels must have shape ({x.shape[0]},), got {jnp.shape(labels)}")
     x = jax.lax.stop_gradient(x)
-    epsilon = _per_example("epsilon", epsilon, x)
-    step_size = _per_example("step_size", step_size, x)
+    epsilon = per_example("epsilon", epsilon, x)
+    step_size = per_example("step_size", step_size, x)
 
     def objective(x_adv):
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_fn(x_adv), labels))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flax_fld.attack import project
+from flax_fld.attack import per_example, project
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -112,8 +112,9 @@ def _schedule(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _per_example(value, x: jax.Array) -> jax.Array:
-    """A scalar or ``[B]`` value as ``[B, 1, 1, 1]``."""
-    return jnp.broadcast_to(jnp.asarray(value, x.dtype), x.shape[:1]).reshape((-1,) + (1,) * (x.ndim - 1))
+    """A scalar or ``[B]`` radius as ``[B, 1, 1, 1]``: ``attack.per_example`` with a scalar broadcast too,
+    since the loop carries one step size per example."""
+    return jnp.broadcast_to(per_example("epsilon", value, x), (x.shape[0],) + (1,) * (x.ndim - 1))
 
 
 def apgd(

@@ -1,7 +1,6 @@
 """The TFDS builders: each prepares and reads a small data set in its real on-disk format; bad inputs fail
 with one clear line and leave nothing half-written (class_folders: tests/test_class_folders.py)."""
 
-import importlib.util
 import os
 import pathlib
 
@@ -11,15 +10,12 @@ from scipy import io as scipy_io
 
 from flax_fld import datasets, input_pipeline
 from flax_fld.datasets import simulator
+from flax_fld.config_files import load_config
 
-CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 
 def data_config(**overrides):
-    spec = importlib.util.spec_from_file_location("default_config", CONFIG_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config().data
+    config = load_config("default").data
     config.update(overrides)
     return config
 

@@ -1,25 +1,20 @@
 """The input pipeline: batch shapes, seeded shuffling and augmentation, exact resumption, process sharding,
 evaluation that counts every example exactly once, and one DataSource per run."""
 
-import importlib.util
 import json
-import pathlib
 
 import ml_collections
 import numpy as np
 import pytest
 
 from flax_fld import datasets, input_pipeline
+from flax_fld.config_files import load_config
 
-CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 NUM_EXAMPLES = 48  # 28 train / 8 validation / 12 test after the stratified split.
 
 
 def data_config(**overrides):
-    spec = importlib.util.spec_from_file_location("default_config", CONFIG_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config().data
+    config = load_config("default").data
     config.update(dict(image_size=16, num_examples=NUM_EXAMPLES), **overrides)
     return config
 
