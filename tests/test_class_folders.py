@@ -10,14 +10,13 @@ import PIL.Image
 import pytest
 
 from flax_fld import checkpointing, config_validation, input_pipeline
-from flax_fld.config_files import load_sibling_config
+from flax_fld.config_files import load_config
 from flax_fld.datasets import class_folders, folder_split
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def data_config(root, **overrides):
-    config = load_sibling_config(str(CONFIGS / "default.py")).data
+    config = load_config("default").data
     config.update(dict(name="class_folders", root=str(root), image_size=8, class_names=()), **overrides)
     return config
 
@@ -164,7 +163,7 @@ def test_patients_stay_in_one_split_and_the_counts_are_printed(tmp_path, capsys)
 
 def test_the_run_keeps_a_copy_of_the_split_record(tmp_path):
     root = write_plain(tmp_path / "scans", {"a": 4, "b": 4})
-    config = load_sibling_config(str(CONFIGS / "default.py"))
+    config = load_config("default")
     config.data = data_config(root)
     info = input_pipeline.prepare_data_source(config.data, str(tmp_path / "data")).info
     workdir = tmp_path / "run"
@@ -298,7 +297,7 @@ def test_bad_layouts_and_settings_fail_in_one_line_and_write_nothing(tmp_path, b
 
 
 def test_config_validation_checks_the_data_keys():
-    config = load_sibling_config(str(CONFIGS / "default.py"))
+    config = load_config("default")
     config.data.name, config.data.class_names = "class_folders", ()
     config_validation.validate_config(config)  # () takes the class folders' names
     for key, value, message in [
@@ -306,11 +305,11 @@ def test_config_validation_checks_the_data_keys():
         ("split_seed", -1, r"config.data.split_seed=-1: expected an integer in \[0, inf\)"),
         ("patient_regex", "(", r"config.data.patient_regex='\(': expected a regular expression that compiles"),
     ]:
-        bad = load_sibling_config(str(CONFIGS / "default.py"))
+        bad = load_config("default")
         bad.data[key] = value
         with pytest.raises(ValueError, match=message):
             config_validation.validate_config(bad)
-    synthetic = load_sibling_config(str(CONFIGS / "default.py"))
+    synthetic = load_config("default")
     synthetic.data.class_names = ()
     with pytest.raises(ValueError, match=r"config.data.class_names=\(\): expected two or more"):
         config_validation.validate_config(synthetic)

@@ -100,13 +100,13 @@ def test_resume_with_other_settings_lists_the_changed_keys(tmp_path):
 def test_a_run_from_before_the_split_keys_resumes_only_with_their_defaults(tmp_path):
     from flax_fld import checkpointing
 
-    old = json.loads(config("tiny.py").to_json_best_effort())
+    old = json.loads(config("tiny").to_json_best_effort())
     for key in ("split_fractions", "split_seed", "patient_regex"):
         del old["data"][key]
     workdir = tmp_path / "run"
     (workdir / "checkpoints" / "3").mkdir(parents=True)
     (workdir / "config.json").write_text(json.dumps(old))
-    assert checkpointing.config_changes(str(workdir), config("tiny.py")) == []
-    other = config("tiny.py")
+    assert checkpointing.config_changes(str(workdir), config("tiny")) == []
+    other = config("tiny")
     other.data.split_seed = 5
     assert checkpointing.config_changes(str(workdir), other) == ["data.split_seed: '<unset>' -> 5"]
