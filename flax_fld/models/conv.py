@@ -1,16 +1,20 @@
-"""A convolution that stays fast on the CPU when its output map is tiny.
+"""A convolution whose input gradient XLA's CPU backend runs fast, on every map size.
 
-XLA's CPU convolution is pathological on maps of a few pixels, in both directions: a 3x3, 512->512
-convolution on ResNet-18's 2x2 last stage (64 px input), batch 32, took ~550 ms forward and ~550 ms for its
-input gradient (CPU time, `nn.Conv`), where the same arithmetic written as matrix products takes ~17 ms and
-~8 ms (issue 10). ``conv2d`` computes exactly ``lax.conv_general_dilated`` and, when the output has at most
-``MAX_PATCH_POSITIONS`` positions, uses a ``custom_vjp`` whose forward is patches @ kernel and whose input
-gradient is one matrix product per kernel tap. The kernel gradient is JAX's rule for patches @ kernel
-(a matrix product; the attack loop never asks for it, and XLA drops it there). Larger maps keep
-``lax.conv_general_dilated`` and its automatic transpose, which measured as fast as any rewrite here from
-4x4 up. ``Conv`` is ``nn.Conv``'s drop-in (same
-``kernel``/``bias`` names, shapes and initialisers), so checkpoints and parameter counts do not change.
-NHWC images, HWIO kernels throughout.
+Two CPU pathologies, both in the attack loop's input gradients (issue 10):
+- On maps of a few pixels XLA's convolution is slow in both directions: a 3x3, 512->512 convolution on
+  ResNet-18's 2x2 last stage (64 px input), batch 32, took ~550 ms forward and ~550 ms for its input
+  gradient (CPU time, ``nn.Conv``) where the same arithmetic as matrix products takes ~17 ms and ~8 ms.
+  Output maps of at most ``MAX_PATCH_POSITIONS`` pixels use a ``custom_vjp`` whose forward is
+  patches @ kernel and whose input gradient is one matrix product per kernel tap.
+- JAX's automatic transpose of a convolution reverses the kernel and swaps its I/O labels (``01oi``).
+  Inside a ``while`` loop (the attack) XLA keeps those labels, which only its slow generic (Eigen)
+  convolution accepts: 3-10x slower than the same gradient with HWIO labels. A stride-2 layer's gradient is
+  worse still: a convolution of the zero-interleaved (``lhs_dilation``) gradient, ~5x the work of a
+  stride-1 one and 5-30x slower (ResNet's 7x7/2 stem: ~58 ms a step at batch 32). Larger maps use a
+  ``custom_vjp`` whose input gradient is one unit-stride HWIO convolution (``input_gradient``).
+Kernel gradients are JAX's own rule (the attack loop never asks for them, and XLA drops them there).
+``Conv`` is ``nn.Conv``'s drop-in (same ``kernel``/``bias`` names, shapes and initialisers), so checkpoints
+and parameter counts do not change. NHWC images, HWIO kernels throughout.
 """
 
 import functools
@@ -54,7 +58,8 @@ def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int], dil
     return (size + pads[0] + pads[1] - ((kernel - 1) * dilation + 1)) // stride + 1
 
 
-def input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides, pads, dilation) -> jax.Array:
+def small_map_input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides, pads,
+                             dilation) -> jax.Array:
     """d(conv)/dx applied to ``g [B,H',W',Cout]``: ``[B,H,W,Cin]``, one matrix product per kernel tap.
 
     The transpose of a convolution is a full correlation of g (with stride - 1 zeros between its pixels)
@@ -93,23 +98,79 @@ def _conv_fwd(x, kernel, strides, pads, dilation):
 def _conv_bwd(strides, pads, dilation, residuals, g):
     x, kernel = residuals
     _, kernel_vjp = jax.vjp(lambda k: _patches_conv(x, k, strides, pads, dilation), kernel)  # patches^T @ g
-    return input_gradient(g, kernel, x.shape, strides, pads, dilation), kernel_vjp(g)[0]
+    return small_map_input_gradient(g, kernel, x.shape, strides, pads, dilation), kernel_vjp(g)[0]
 
 
 _small_map_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides: Sequence[int],
+                   pads: Pads) -> jax.Array:
+    """d(conv)/dx applied to ``g [B,H',W',Cout]``: ``[B,H,W,Cin]``, as one unit-stride HWIO convolution.
+
+    For stride s (per axis), input pixel i takes taps t = i + pad_low - s * o, all congruent to
+    r = (i + pad_low) mod s: phase r of the input is a full correlation of g with the sub-kernel of taps
+    r, r + s, ..., flipped (ceil(k / s) of them). The min(k, s)^2 phases with taps are one convolution with
+    ``[m, m, Cout, phases * Cin]`` kernel; depth-to-space interleaves them (phases without taps are zero)
+    and a crop removes the padding. For s = 1 this is the usual flipped-kernel convolution. Needs no
+    kernel dilation and 0 <= pads <= k - 1 (``conv2d`` checks).
+    """
+    kh, kw, cin, cout = kernel.shape
+    batch = g.shape[0]
+    taps, phases, window_pads, first, crop = [], [], [], [], []
+    for axis, k in enumerate((kh, kw)):
+        s, low = strides[axis], pads[axis][0]
+        m = -(-k // s)  # taps per phase
+        q0, q1 = low // s, (low + input_shape[1 + axis] - 1) // s  # phase rows that reach the input
+        taps.append(m)
+        phases.append(min(k, s))
+        window_pads.append((m - 1 - q0, q1 + 1 - g.shape[1 + axis]))
+        first.append(q1 - q0 + 1)
+        crop.append(low - q0 * s)
+    spread = jnp.pad(kernel, ((0, taps[0] * strides[0] - kh), (0, taps[1] * strides[1] - kw), (0, 0), (0, 0)))
+    spread = spread.reshape(taps[0], strides[0], taps[1], strides[1], cin, cout)
+    spread = spread[::-1, :phases[0], ::-1, :phases[1]]  # [m_h, r_h, m_w, r_w, Cin, Cout], taps flipped
+    phase_kernel = jnp.transpose(spread, (0, 2, 5, 1, 3, 4)).reshape(taps[0], taps[1], cout, -1)
+    z = _plain_conv(g, phase_kernel, (1, 1), tuple(window_pads), (1, 1))
+    z = z.reshape(batch, first[0], first[1], phases[0], phases[1], cin)
+    z = jnp.pad(z, ((0, 0),) * 3 + ((0, strides[0] - phases[0]), (0, strides[1] - phases[1]), (0, 0)))
+    z = jnp.transpose(z, (0, 1, 3, 2, 4, 5)).reshape(batch, first[0] * strides[0], first[1] * strides[1], cin)
+    height, width = input_shape[1:3]
+    return z[:, crop[0]:crop[0] + height, crop[1]:crop[1] + width]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _hwio_gradient_conv(x, kernel, strides, pads):
+    return _plain_conv(x, kernel, strides, pads, (1, 1))
+
+
+def _hwio_fwd(x, kernel, strides, pads):
+    return _plain_conv(x, kernel, strides, pads, (1, 1)), (x, kernel)
+
+
+def _hwio_bwd(strides, pads, residuals, g):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _plain_conv(x, k, strides, pads, (1, 1)), kernel)
+    return input_gradient(g, kernel, x.shape, strides, pads), kernel_vjp(g)[0]
+
+
+_hwio_gradient_conv.defvjp(_hwio_fwd, _hwio_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
            dilation: Sequence[int] = (1, 1)) -> jax.Array:
     """``lax.conv_general_dilated(x [B,H,W,Cin], kernel [kh,kw,Cin,Cout])`` -> ``[B,H',W',Cout]``.
 
-    Output maps of at most ``MAX_PATCH_POSITIONS`` pixels take the matrix-product forms above.
+    Output maps of at most ``MAX_PATCH_POSITIONS`` pixels take the matrix-product forms above; undilated
+    kernels with pads in [0, k - 1] take ``input_gradient``; anything else JAX's own rules.
     """
     strides, dilation = tuple(strides), tuple(dilation)
     pads = tuple(tuple(p) for p in pads)
     out = [_output_size(x.shape[1 + i], kernel.shape[i], strides[i], pads[i], dilation[i]) for i in range(2)]
     if out[0] * out[1] <= MAX_PATCH_POSITIONS:
         return _small_map_conv(x, kernel, strides, pads, dilation)
+    if dilation == (1, 1) and all(0 <= p <= k - 1 for pair, k in zip(pads, kernel.shape[:2]) for p in pair):
+        return _hwio_gradient_conv(x, kernel, strides, pads)
     return _plain_conv(x, kernel, strides, pads, dilation)
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_fld.models import pooling
+from flax_fld.models.conv import Conv
 
 # torchvision's init: kaiming_uniform_ on every convolution (keeps activation scale through the ReLU stack;
 # flax's default lecun_normal shrinks it ~sqrt(2) per layer), N(0, 0.01) on the classifier convolution.
@@ -44,7 +45,8 @@ class ConvReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=self.padding,
+        # conv.Conv: nn.Conv's result, with input gradients that XLA's CPU backend runs fast in the attack.
+        x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=self.padding,
                     use_bias=not self.batch_norm, kernel_init=_conv_init, name="conv")(x)
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
@@ -99,7 +101,7 @@ class SqueezeNet(nn.Module):
         x = Fire(64, 256, bn, name="fire9")(x, train)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         # Linear class scores (no ReLU, unlike torchvision: see the module docstring).
-        x = nn.Conv(self.num_classes, (1, 1), kernel_init=_classifier_init, name="classifier_conv")(x)
+        x = Conv(self.num_classes, (1, 1), kernel_init=_classifier_init, name="classifier_conv")(x)
         return jnp.mean(x, axis=(1, 2))
 
 
