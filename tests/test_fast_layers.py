@@ -78,6 +78,15 @@ def test_max_pool_equals_nn_max_pool_in_values_and_gradients(shape, window, stri
     np.testing.assert_allclose(grad(ours)(x), grad(reference)(x), atol=1e-6)
 
 
+def test_max_pool_gives_a_tied_maximum_gradient_to_the_first_term_like_select_and_scatter():
+    x = jnp.array([[0.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0]]).reshape(1, 1, 7, 1)  # ties inside windows and across them
+    weights = jnp.arange(1.0, 4.0).reshape(1, 1, 3, 1)
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)  # noqa: E731
+    ours = grad(lambda x: pooling.max_pool(x, (1, 3), (1, 2), ((0, 0), (0, 0))))
+    np.testing.assert_array_equal(ours, grad(lambda x: nn.max_pool(x, (1, 3), (1, 2), padding="VALID")))
+    np.testing.assert_array_equal(ours.ravel(), [0, 1, 2, 0, 3, 0, 0])
+
+
 @pytest.mark.parametrize("size, window, stride", [(31, 3, 2), (32, 3, 2), (7, 2, 2), (8, 2, 2), (1, 3, 2)])
 def test_padding_helpers_give_the_documented_output_sizes(size, window, stride):
     before, after = pooling.same_pads(size, window, stride)
