@@ -44,6 +44,21 @@ def test_conv_equals_nn_conv_in_values_and_gradients(size, channels_in, features
     chex.assert_trees_all_close(grad(ours)(variables, x), grad(reference)(variables, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel, strides, padding", [(1, 1, 0), (3, 1, 1), (3, 2, "VALID")])
+def test_conv_of_channel_parts_equals_conv_of_their_concatenation(kernel, strides, padding):
+    parts = [jax.random.normal(jax.random.key(i), (2, 9, 9, c)) for i, c in enumerate((3, 5))]
+    whole = jnp.concatenate(parts, axis=-1)
+    module = conv.Conv(4, (kernel, kernel), strides, padding=padding)
+    variables = module.init(jax.random.key(7), whole)
+    assert jax.tree.map(jnp.shape, module.init(jax.random.key(7), parts)) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_allclose(module.apply(variables, parts), module.apply(variables, whole), rtol=1e-5, atol=1e-5)
+    loss = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
+    grad_parts = jax.grad(loss, argnums=(0, 1))(variables, parts)
+    grad_whole = jax.grad(loss, argnums=(0, 1))(variables, whole)
+    chex.assert_trees_all_close(grad_parts[0], grad_whole[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jnp.concatenate(grad_parts[1], axis=-1), grad_whole[1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("size, kernel, strides, pads", [
     (64, 3, 2, ((0, 0), (0, 0))), (63, 3, 2, ((0, 0), (0, 0))), (64, 7, 2, ((3, 3), (3, 3))),
     (65, 7, 2, ((3, 3), (3, 3))), (16, 3, 2, ((1, 1), (1, 1))), (15, 1, 2, ((0, 0), (0, 0))),

@@ -187,12 +187,18 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros_init()
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
+        """x [B,H,W,Cin], or a list of [B,H,W,C_i] parts read as their concatenation (never materialised)."""
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
         pair = lambda value: (value, value) if isinstance(value, int) else tuple(value)
         kernel_size, strides, dilation = pair(self.kernel_size), pair(self.strides), pair(self.kernel_dilation)
-        kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features))
-        pads = explicit_padding(self.padding, kernel_size, strides, dilation, x.shape[1:3])
-        y = conv2d(x, kernel, strides, pads, dilation)
+        channels = sum(part.shape[-1] for part in parts)
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, channels, self.features))
+        pads = explicit_padding(self.padding, kernel_size, strides, dilation, parts[0].shape[1:3])
+        y, start = None, 0
+        for part in parts:
+            term = conv2d(part, kernel[:, :, start:start + part.shape[-1]], strides, pads, dilation)
+            y, start = (term if y is None else y + term), start + part.shape[-1]
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y
