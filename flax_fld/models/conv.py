@@ -5,7 +5,7 @@ Two CPU pathologies, both in the attack loop's input gradients (issue 10):
   ResNet-18's 2x2 last stage (64 px input), batch 32, took ~550 ms forward and ~550 ms for its input
   gradient (CPU time, ``nn.Conv``) where the same arithmetic as matrix products takes ~17 ms and ~8 ms.
   Output maps of at most ``MAX_PATCH_POSITIONS`` pixels use a ``custom_vjp`` whose forward is
-  patches @ kernel and whose input gradient is one matrix product per kernel tap.
+  patches @ kernel and whose input gradient is g @ kernel^T scattered back onto the patches' pixels.
 - JAX's automatic transpose of a convolution reverses the kernel and swaps its I/O labels (``01oi``).
   Inside a ``while`` loop (the attack) XLA keeps those labels, which only its slow generic (Eigen)
   convolution accepts: 3-10x slower than the same gradient with HWIO labels. A stride-2 layer's gradient is
@@ -46,44 +46,29 @@ def _plain_conv(x, kernel, strides, pads, dilation):
     return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation, dimension_numbers=DIMENSIONS)
 
 
+def patches(x: jax.Array, kernel_size: Sequence[int], strides, pads, dilation) -> jax.Array:
+    """``[B,H,W,C]`` -> ``[B,H',W',kh*kw*C]``: each output pixel's receptive field, tap-major (kh, kw, C).
+
+    Pad and one strided slice per tap: ``lax.conv_general_dilated_patches`` is itself a convolution (with a
+    one-hot kernel) and as slow on a 2x2 map as the convolution it replaces. Tap-major order makes the
+    HWIO kernel's reshape to ``[kh*kw*C, Cout]`` free.
+    """
+    out = [_output_size(x.shape[1 + i], kernel_size[i], strides[i], pads[i], dilation[i]) for i in range(2)]
+    padded = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    columns = [lax.slice(padded, (0, a * dilation[0], b * dilation[1], 0),
+                         (x.shape[0], a * dilation[0] + (out[0] - 1) * strides[0] + 1,
+                          b * dilation[1] + (out[1] - 1) * strides[1] + 1, x.shape[3]), (1, strides[0], strides[1], 1))
+               for a in range(kernel_size[0]) for b in range(kernel_size[1])]
+    return jnp.concatenate(columns, axis=-1)
+
+
 def _patches_conv(x, kernel, strides, pads, dilation):
-    """patches [B,H',W',Cin*kh*kw] @ kernel; patch channels come out channel-major (Cin, kh, kw)."""
     kh, kw, cin, cout = kernel.shape
-    patches = lax.conv_general_dilated_patches(x, (kh, kw), strides, pads, rhs_dilation=dilation,
-                                               dimension_numbers=DIMENSIONS)
-    return patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+    return patches(x, (kh, kw), strides, pads, dilation) @ kernel.reshape(kh * kw * cin, cout)
 
 
 def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int) -> int:
     return (size + pads[0] + pads[1] - ((kernel - 1) * dilation + 1)) // stride + 1
-
-
-def small_map_input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides, pads,
-                             dilation) -> jax.Array:
-    """d(conv)/dx applied to ``g [B,H',W',Cout]``: ``[B,H,W,Cin]``, one matrix product per kernel tap.
-
-    The transpose of a convolution is a full correlation of g (with stride - 1 zeros between its pixels)
-    with the spatially flipped kernel. On a map of a few pixels XLA's convolution for it is as slow as the
-    forward one, so it is written out: for each tap (a, b), a shifted window of the spread g times that
-    tap's [Cout, Cin] matrix, summed.
-    """
-    kh, kw = kernel.shape[:2]
-    padding = [(0, 0, 0)]
-    for i in range(2):
-        effective = (kernel.shape[i] - 1) * dilation[i] + 1
-        dilated = (g.shape[1 + i] - 1) * strides[i] + 1
-        low = effective - 1 - pads[i][0]
-        padding.append((low, input_shape[1 + i] + effective - 1 - dilated - low, strides[i] - 1))
-    padding.append((0, 0, 0))
-    spread = lax.pad(g, jnp.zeros((), g.dtype), padding)
-    height, width = input_shape[1:3]
-    total = None
-    for a in range(kh):
-        for b in range(kw):
-            window = spread[:, a * dilation[0]:a * dilation[0] + height, b * dilation[1]:b * dilation[1] + width]
-            term = window @ kernel[kh - 1 - a, kw - 1 - b].T
-            total = term if total is None else total + term
-    return total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -96,9 +81,13 @@ def _conv_fwd(x, kernel, strides, pads, dilation):
 
 
 def _conv_bwd(strides, pads, dilation, residuals, g):
+    """Input gradient: one matrix product g @ kernel^T onto the patches, then the patch extraction's transpose
+    (pads and adds); the kernel gradient is JAX's rule, patches^T @ g."""
     x, kernel = residuals
-    _, kernel_vjp = jax.vjp(lambda k: _patches_conv(x, k, strides, pads, dilation), kernel)  # patches^T @ g
-    return small_map_input_gradient(g, kernel, x.shape, strides, pads, dilation), kernel_vjp(g)[0]
+    kh, kw, cin, cout = kernel.shape
+    _, patches_transpose = jax.vjp(lambda x: patches(x, (kh, kw), strides, pads, dilation), x)
+    _, kernel_vjp = jax.vjp(lambda k: _patches_conv(x, k, strides, pads, dilation), kernel)
+    return patches_transpose(g @ kernel.reshape(kh * kw * cin, cout).T)[0], kernel_vjp(g)[0]
 
 
 _small_map_conv.defvjp(_conv_fwd, _conv_bwd)
