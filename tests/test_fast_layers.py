@@ -17,8 +17,20 @@ from flax_fld.models import conv, pooling
     (3, 4, 5, 1, 3, "SAME", 1),  # odd map, SAME
     (5, 4, 5, 2, 3, "VALID", 1),  # stride 2, VALID onto 2x2
     (2, 4, 3, 1, 3, 2, 2),  # dilated kernel on a tiny map
-    (8, 4, 8, 1, 3, 1, 1),  # larger maps keep lax.conv_general_dilated
+    (8, 4, 8, 1, 3, 1, 1),  # larger maps: lax.conv_general_dilated forward, input_gradient
     (9, 3, 4, 2, 3, "VALID", 1),
+    (16, 3, 17, 2, 3, "VALID", 1),  # SqueezeNet's stem, even and odd maps
+    (15, 3, 17, 2, 3, "VALID", 1),
+    (16, 3, 8, 2, 7, 3, 1),  # ResNet's stem
+    (15, 3, 8, 2, 7, 3, 1),
+    (8, 4, 8, 2, 3, 1, 1),  # ResNet's downsampling 3x3 and 1x1
+    (7, 4, 8, 2, 3, 1, 1),
+    (8, 4, 8, 2, 1, 0, 1),
+    (7, 4, 8, 2, 1, 0, 1),
+    (6, 5, 4, 1, 1, 0, 1),  # SqueezeNet's squeeze / expand 1x1
+    (7, 3, 4, 1, 5, "SAME", 1),
+    (6, 3, 4, 2, 4, "SAME", 1),  # even kernel, uneven SAME pads
+    (8, 3, 4, 1, 3, 1, 2),  # dilated kernel: JAX's rule
 ])
 def test_conv_equals_nn_conv_in_values_and_gradients(size, channels_in, features, strides, kernel, padding,
                                                     dilation):
@@ -30,6 +42,37 @@ def test_conv_equals_nn_conv_in_values_and_gradients(size, channels_in, features
     np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
     grad = lambda module: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1)))  # noqa: E731
     chex.assert_trees_all_close(grad(ours)(variables, x), grad(reference)(variables, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, strides, padding", [(1, 1, 0), (3, 1, 1), (3, 2, "VALID")])
+def test_conv_of_channel_parts_equals_conv_of_their_concatenation(kernel, strides, padding):
+    parts = [jax.random.normal(jax.random.key(i), (2, 9, 9, c)) for i, c in enumerate((3, 5))]
+    whole = jnp.concatenate(parts, axis=-1)
+    module = conv.Conv(4, (kernel, kernel), strides, padding=padding)
+    variables = module.init(jax.random.key(7), whole)
+    assert jax.tree.map(jnp.shape, module.init(jax.random.key(7), parts)) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_allclose(module.apply(variables, parts), module.apply(variables, whole), rtol=1e-5, atol=1e-5)
+    loss = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
+    grad_parts = jax.grad(loss, argnums=(0, 1))(variables, parts)
+    grad_whole = jax.grad(loss, argnums=(0, 1))(variables, whole)
+    chex.assert_trees_all_close(grad_parts[0], grad_whole[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jnp.concatenate(grad_parts[1], axis=-1), grad_whole[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, kernel, strides, pads", [
+    (64, 3, 2, ((0, 0), (0, 0))), (63, 3, 2, ((0, 0), (0, 0))), (64, 7, 2, ((3, 3), (3, 3))),
+    (65, 7, 2, ((3, 3), (3, 3))), (16, 3, 2, ((1, 1), (1, 1))), (15, 1, 2, ((0, 0), (0, 0))),
+    (9, 5, 3, ((2, 1), (0, 4))), (10, 2, 3, ((0, 1), (1, 0))), (11, 4, 2, ((3, 0), (1, 2))),
+    (8, 3, 1, ((0, 2), (2, 0))), (7, 1, 1, ((0, 0), (0, 0))),
+])
+def test_input_gradient_equals_the_automatic_transpose(size, kernel, strides, pads):
+    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+    weights = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5))
+    forward = lambda x: conv._plain_conv(x, weights, (strides, strides), pads, (1, 1))  # noqa: E731
+    y, transpose = jax.vjp(forward, x)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    ours = jax.jit(lambda g: conv.input_gradient(g, weights, x.shape, (strides, strides), pads))(g)
+    np.testing.assert_allclose(ours, transpose(g)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape, window, strides, pads", [
@@ -48,6 +91,15 @@ def test_max_pool_equals_nn_max_pool_in_values_and_gradients(shape, window, stri
     weights = jax.random.normal(jax.random.key(1), reference(x).shape)
     grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))  # noqa: E731
     np.testing.assert_allclose(grad(ours)(x), grad(reference)(x), atol=1e-6)
+
+
+def test_max_pool_gives_a_tied_maximum_gradient_to_the_first_term_like_select_and_scatter():
+    x = jnp.array([[0.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0]]).reshape(1, 1, 7, 1)  # ties inside windows and across them
+    weights = jnp.arange(1.0, 4.0).reshape(1, 1, 3, 1)
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)  # noqa: E731
+    ours = grad(lambda x: pooling.max_pool(x, (1, 3), (1, 2), ((0, 0), (0, 0))))
+    np.testing.assert_array_equal(ours, grad(lambda x: nn.max_pool(x, (1, 3), (1, 2), padding="VALID")))
+    np.testing.assert_array_equal(ours.ravel(), [0, 1, 2, 0, 3, 0, 0])
 
 
 @pytest.mark.parametrize("size, window, stride", [(31, 3, 2), (32, 3, 2), (7, 2, 2), (8, 2, 2), (1, 3, 2)])

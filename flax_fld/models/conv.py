@@ -1,16 +1,20 @@
-"""A convolution that stays fast on the CPU when its output map is tiny.
+"""A convolution whose input gradient XLA's CPU backend runs fast, on every map size.
 
-XLA's CPU convolution is pathological on maps of a few pixels, in both directions: a 3x3, 512->512
-convolution on ResNet-18's 2x2 last stage (64 px input), batch 32, took ~550 ms forward and ~550 ms for its
-input gradient (CPU time, `nn.Conv`), where the same arithmetic written as matrix products takes ~17 ms and
-~8 ms (issue 10). ``conv2d`` computes exactly ``lax.conv_general_dilated`` and, when the output has at most
-``MAX_PATCH_POSITIONS`` positions, uses a ``custom_vjp`` whose forward is patches @ kernel and whose input
-gradient is one matrix product per kernel tap. The kernel gradient is JAX's rule for patches @ kernel
-(a matrix product; the attack loop never asks for it, and XLA drops it there). Larger maps keep
-``lax.conv_general_dilated`` and its automatic transpose, which measured as fast as any rewrite here from
-4x4 up. ``Conv`` is ``nn.Conv``'s drop-in (same
-``kernel``/``bias`` names, shapes and initialisers), so checkpoints and parameter counts do not change.
-NHWC images, HWIO kernels throughout.
+Two CPU pathologies, both in the attack loop's input gradients (issue 10):
+- On maps of a few pixels XLA's convolution is slow in both directions: a 3x3, 512->512 convolution on
+  ResNet-18's 2x2 last stage (64 px input), batch 32, took ~550 ms forward and ~550 ms for its input
+  gradient (CPU time, ``nn.Conv``) where the same arithmetic as matrix products takes ~17 ms and ~8 ms.
+  Output maps of at most ``MAX_PATCH_POSITIONS`` pixels use a ``custom_vjp`` whose forward is
+  patches @ kernel and whose input gradient is g @ kernel^T scattered back onto the patches' pixels.
+- JAX's automatic transpose of a convolution reverses the kernel and swaps its I/O labels (``01oi``).
+  Inside a ``while`` loop (the attack) XLA keeps those labels, which only its slow generic (Eigen)
+  convolution accepts: 3-10x slower than the same gradient with HWIO labels. A stride-2 layer's gradient is
+  worse still: a convolution of the zero-interleaved (``lhs_dilation``) gradient, ~5x the work of a
+  stride-1 one and 5-30x slower (ResNet's 7x7/2 stem: ~58 ms a step at batch 32). Larger maps use a
+  ``custom_vjp`` whose input gradient is one unit-stride HWIO convolution (``input_gradient``).
+Kernel gradients are JAX's own rule (the attack loop never asks for them, and XLA drops them there).
+``Conv`` is ``nn.Conv``'s drop-in (same ``kernel``/``bias`` names, shapes and initialisers), so checkpoints
+and parameter counts do not change. NHWC images, HWIO kernels throughout.
 """
 
 import functools
@@ -42,43 +46,29 @@ def _plain_conv(x, kernel, strides, pads, dilation):
     return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation, dimension_numbers=DIMENSIONS)
 
 
+def patches(x: jax.Array, kernel_size: Sequence[int], strides, pads, dilation) -> jax.Array:
+    """``[B,H,W,C]`` -> ``[B,H',W',kh*kw*C]``: each output pixel's receptive field, tap-major (kh, kw, C).
+
+    Pad and one strided slice per tap: ``lax.conv_general_dilated_patches`` is itself a convolution (with a
+    one-hot kernel) and as slow on a 2x2 map as the convolution it replaces. Tap-major order makes the
+    HWIO kernel's reshape to ``[kh*kw*C, Cout]`` free.
+    """
+    out = [_output_size(x.shape[1 + i], kernel_size[i], strides[i], pads[i], dilation[i]) for i in range(2)]
+    padded = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    columns = [lax.slice(padded, (0, a * dilation[0], b * dilation[1], 0),
+                         (x.shape[0], a * dilation[0] + (out[0] - 1) * strides[0] + 1,
+                          b * dilation[1] + (out[1] - 1) * strides[1] + 1, x.shape[3]), (1, strides[0], strides[1], 1))
+               for a in range(kernel_size[0]) for b in range(kernel_size[1])]
+    return jnp.concatenate(columns, axis=-1)
+
+
 def _patches_conv(x, kernel, strides, pads, dilation):
-    """patches [B,H',W',Cin*kh*kw] @ kernel; patch channels come out channel-major (Cin, kh, kw)."""
     kh, kw, cin, cout = kernel.shape
-    patches = lax.conv_general_dilated_patches(x, (kh, kw), strides, pads, rhs_dilation=dilation,
-                                               dimension_numbers=DIMENSIONS)
-    return patches @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+    return patches(x, (kh, kw), strides, pads, dilation) @ kernel.reshape(kh * kw * cin, cout)
 
 
 def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int], dilation: int) -> int:
     return (size + pads[0] + pads[1] - ((kernel - 1) * dilation + 1)) // stride + 1
-
-
-def input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides, pads, dilation) -> jax.Array:
-    """d(conv)/dx applied to ``g [B,H',W',Cout]``: ``[B,H,W,Cin]``, one matrix product per kernel tap.
-
-    The transpose of a convolution is a full correlation of g (with stride - 1 zeros between its pixels)
-    with the spatially flipped kernel. On a map of a few pixels XLA's convolution for it is as slow as the
-    forward one, so it is written out: for each tap (a, b), a shifted window of the spread g times that
-    tap's [Cout, Cin] matrix, summed.
-    """
-    kh, kw = kernel.shape[:2]
-    padding = [(0, 0, 0)]
-    for i in range(2):
-        effective = (kernel.shape[i] - 1) * dilation[i] + 1
-        dilated = (g.shape[1 + i] - 1) * strides[i] + 1
-        low = effective - 1 - pads[i][0]
-        padding.append((low, input_shape[1 + i] + effective - 1 - dilated - low, strides[i] - 1))
-    padding.append((0, 0, 0))
-    spread = lax.pad(g, jnp.zeros((), g.dtype), padding)
-    height, width = input_shape[1:3]
-    total = None
-    for a in range(kh):
-        for b in range(kw):
-            window = spread[:, a * dilation[0]:a * dilation[0] + height, b * dilation[1]:b * dilation[1] + width]
-            term = window @ kernel[kh - 1 - a, kw - 1 - b].T
-            total = term if total is None else total + term
-    return total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -91,25 +81,85 @@ def _conv_fwd(x, kernel, strides, pads, dilation):
 
 
 def _conv_bwd(strides, pads, dilation, residuals, g):
+    """Input gradient: one matrix product g @ kernel^T onto the patches, then the patch extraction's transpose
+    (pads and adds); the kernel gradient is JAX's rule, patches^T @ g."""
     x, kernel = residuals
-    _, kernel_vjp = jax.vjp(lambda k: _patches_conv(x, k, strides, pads, dilation), kernel)  # patches^T @ g
-    return input_gradient(g, kernel, x.shape, strides, pads, dilation), kernel_vjp(g)[0]
+    kh, kw, cin, cout = kernel.shape
+    _, patches_transpose = jax.vjp(lambda x: patches(x, (kh, kw), strides, pads, dilation), x)
+    _, kernel_vjp = jax.vjp(lambda k: _patches_conv(x, k, strides, pads, dilation), kernel)
+    return patches_transpose(g @ kernel.reshape(kh * kw * cin, cout).T)[0], kernel_vjp(g)[0]
 
 
 _small_map_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides: Sequence[int],
+                   pads: Pads) -> jax.Array:
+    """d(conv)/dx applied to ``g [B,H',W',Cout]``: ``[B,H,W,Cin]``, as one unit-stride HWIO convolution.
+
+    For stride s (per axis), input pixel i takes taps t = i + pad_low - s * o, all congruent to
+    r = (i + pad_low) mod s: phase r of the input is a full correlation of g with the sub-kernel of taps
+    r, r + s, ..., flipped (ceil(k / s) of them). The min(k, s)^2 phases with taps are one convolution with
+    ``[m, m, Cout, phases * Cin]`` kernel; depth-to-space interleaves them (phases without taps are zero)
+    and a crop removes the padding. For s = 1 this is the usual flipped-kernel convolution. Needs no
+    kernel dilation and 0 <= pads <= k - 1 (``conv2d`` checks).
+    """
+    kh, kw, cin, cout = kernel.shape
+    batch = g.shape[0]
+    taps, phases, window_pads, first, crop = [], [], [], [], []
+    for axis, k in enumerate((kh, kw)):
+        s, low = strides[axis], pads[axis][0]
+        m = -(-k // s)  # taps per phase
+        q0, q1 = low // s, (low + input_shape[1 + axis] - 1) // s  # phase rows that reach the input
+        taps.append(m)
+        phases.append(min(k, s))
+        window_pads.append((m - 1 - q0, q1 + 1 - g.shape[1 + axis]))
+        first.append(q1 - q0 + 1)
+        crop.append(low - q0 * s)
+    spread = jnp.pad(kernel, ((0, taps[0] * strides[0] - kh), (0, taps[1] * strides[1] - kw), (0, 0), (0, 0)))
+    spread = spread.reshape(taps[0], strides[0], taps[1], strides[1], cin, cout)
+    spread = spread[::-1, :phases[0], ::-1, :phases[1]]  # [m_h, r_h, m_w, r_w, Cin, Cout], taps flipped
+    phase_kernel = jnp.transpose(spread, (0, 2, 5, 1, 3, 4)).reshape(taps[0], taps[1], cout, -1)
+    z = _plain_conv(g, phase_kernel, (1, 1), tuple(window_pads), (1, 1))
+    z = z.reshape(batch, first[0], first[1], phases[0], phases[1], cin)
+    z = jnp.pad(z, ((0, 0),) * 3 + ((0, strides[0] - phases[0]), (0, strides[1] - phases[1]), (0, 0)))
+    z = jnp.transpose(z, (0, 1, 3, 2, 4, 5)).reshape(batch, first[0] * strides[0], first[1] * strides[1], cin)
+    height, width = input_shape[1:3]
+    return z[:, crop[0]:crop[0] + height, crop[1]:crop[1] + width]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _hwio_gradient_conv(x, kernel, strides, pads):
+    return _plain_conv(x, kernel, strides, pads, (1, 1))
+
+
+def _hwio_fwd(x, kernel, strides, pads):
+    return _plain_conv(x, kernel, strides, pads, (1, 1)), (x, kernel)
+
+
+def _hwio_bwd(strides, pads, residuals, g):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _plain_conv(x, k, strides, pads, (1, 1)), kernel)
+    return input_gradient(g, kernel, x.shape, strides, pads), kernel_vjp(g)[0]
+
+
+_hwio_gradient_conv.defvjp(_hwio_fwd, _hwio_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
            dilation: Sequence[int] = (1, 1)) -> jax.Array:
     """``lax.conv_general_dilated(x [B,H,W,Cin], kernel [kh,kw,Cin,Cout])`` -> ``[B,H',W',Cout]``.
 
-    Output maps of at most ``MAX_PATCH_POSITIONS`` pixels take the matrix-product forms above.
+    Output maps of at most ``MAX_PATCH_POSITIONS`` pixels take the matrix-product forms above; undilated
+    kernels with pads in [0, k - 1] take ``input_gradient``; anything else JAX's own rules.
     """
     strides, dilation = tuple(strides), tuple(dilation)
     pads = tuple(tuple(p) for p in pads)
     out = [_output_size(x.shape[1 + i], kernel.shape[i], strides[i], pads[i], dilation[i]) for i in range(2)]
     if out[0] * out[1] <= MAX_PATCH_POSITIONS:
         return _small_map_conv(x, kernel, strides, pads, dilation)
+    if dilation == (1, 1) and all(0 <= p <= k - 1 for pair, k in zip(pads, kernel.shape[:2]) for p in pair):
+        return _hwio_gradient_conv(x, kernel, strides, pads)
     return _plain_conv(x, kernel, strides, pads, dilation)
 
 
@@ -126,12 +176,18 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros_init()
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
+        """x [B,H,W,Cin], or a list of [B,H,W,C_i] parts read as their concatenation (never materialised)."""
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
         pair = lambda value: (value, value) if isinstance(value, int) else tuple(value)
         kernel_size, strides, dilation = pair(self.kernel_size), pair(self.strides), pair(self.kernel_dilation)
-        kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features))
-        pads = explicit_padding(self.padding, kernel_size, strides, dilation, x.shape[1:3])
-        y = conv2d(x, kernel, strides, pads, dilation)
+        channels = sum(part.shape[-1] for part in parts)
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, channels, self.features))
+        pads = explicit_padding(self.padding, kernel_size, strides, dilation, parts[0].shape[1:3])
+        y, start = None, 0
+        for part in parts:
+            term = conv2d(part, kernel[:, :, start:start + part.shape[-1]], strides, pads, dilation)
+            y, start = (term if y is None else y + term), start + part.shape[-1]
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y

@@ -94,7 +94,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(BatchNorm, use_running_average=not train)
-        # conv.Conv: nn.Conv's result, without XLA's slow CPU path on the last stages' 2x2 maps.
+        # conv.Conv: nn.Conv's result, without XLA's slow CPU paths (2x2 maps, transposed input gradients).
         residual = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
         residual = nn.relu(norm(name="bn1")(residual))
         residual = Conv(self.filters, (3, 3), padding=1, use_bias=False, name="conv2")(residual)
@@ -134,7 +134,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
+        # conv.Conv: nn.Conv's result; its input gradient (every attack step) avoids XLA's lhs-dilated form.
+        x = Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
         x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
