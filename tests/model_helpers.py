@@ -24,3 +24,26 @@ def synthetic_variables(model, shape, seed: int = 0):
         return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def untrained_run(root, config):
+    """``(workdir, info)``: a run directory under ``root`` for ``config`` holding a checkpoint of the initial
+    state, all that ``train.load_for_inference`` needs (eval and predict tests check equalities that hold
+    for any weights, so they skip training). ``config.data.data_dir`` must be set."""
+    import os
+
+    from flax_fld import checkpointing, input_pipeline, train
+    from flax_fld.models import fld
+
+    info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
+    model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
+    state = train.create_train_state(config, model, info.image_shape, jax.random.key(1), steps_per_epoch=1)
+    state = jax.tree.map(jnp.asarray, state)  # arrays, as after the first (pmapped) training step
+    workdir = str(root / "run")
+    os.makedirs(workdir)
+    checkpointing.write_run_files(workdir, config, info)
+    checkpointer = checkpointing.Checkpointer(workdir, keep=1, async_save=False)
+    checkpointer.save(state, {"epoch": 0})
+    checkpointer.close()
+    return workdir, info
+

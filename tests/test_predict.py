@@ -9,9 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from flax_fld import checkpointing, input_pipeline, predict, train
+from flax_fld import input_pipeline, predict, train
 from flax_fld.config_files import load_config
 from flax_fld.models import fld
+from model_helpers import untrained_run
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -26,17 +27,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     config = load_config("tiny")
     config.data.data_dir = str(root / "tfds_data")
-    info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
-    model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
-    state = train.create_train_state(config, model, info.image_shape, jax.random.key(1), steps_per_epoch=1)
-    # Python scalars in a fresh state become arrays, as they do after the first (pmapped) training step.
-    state = jax.tree.map(jax.numpy.asarray, state)
-    workdir = str(root / "run")
-    os.makedirs(workdir)
-    checkpointing.write_run_files(workdir, config, info)
-    checkpointer = checkpointing.Checkpointer(workdir, keep=1, async_save=False)
-    checkpointer.save(state, {"epoch": 0})
-    checkpointer.close()
+    workdir, _ = untrained_run(root, config)
     return workdir, config, config.data.data_dir
 
 

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_fld import attack, checkpointing, config_files, input_pipeline, robust_eval, strong_attack, train
+from flax_fld import attack, config_files, robust_eval, strong_attack
 from flax_fld.models import fld
+from model_helpers import untrained_run
 from model_helpers import synthetic_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,17 +230,7 @@ def tiny_workdir(tmp_path_factory):
     config.model.classifier = "vit"
     config.data.data_dir = str(root / "tfds_data")
     config.adv.strong_steps, config.adv.strong_pgd_steps, config.adv.strong_targets = 3, 2, 1
-    info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
-    model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
-    state = train.create_train_state(config, model, info.image_shape, jax.random.key(1), steps_per_epoch=1)
-    state = jax.tree.map(jnp.asarray, state)  # arrays, as after the first (pmapped) training step
-    workdir = str(root / "run")
-    os.makedirs(workdir)
-    checkpointing.write_run_files(workdir, config, info)
-    checkpointer = checkpointing.Checkpointer(workdir, keep=1, async_save=False)
-    checkpointer.save(state, {"epoch": 0})
-    checkpointer.close()
-    return workdir, info
+    return untrained_run(root, config)
 
 
 def test_launch_eval_robust_strong_writes_new_keys_and_keeps_old_ones(tiny_workdir):
