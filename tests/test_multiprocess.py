@@ -38,6 +38,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 900
 ATOL, RTOL = 1e-5, 1e-5  # after one step
 FINAL_ATOL = 5e-2  # after two steps: a sanity bound only (see the module docstring)
+# Acc_i counts discrete attack outcomes computed from weights that agree to ~1e-6 after the first step: an
+# example on a decision boundary may flip between the two layouts (one of a class's 13 examples, 0.077,
+# measured once the convolutions took custom gradients). More than one example per class would be a bug.
+ONE_EXAMPLE = 1 / 12
 
 
 def tiny_config():
@@ -87,7 +91,10 @@ def test_final_state_integers_and_meta_match_and_floats_stay_close(runs):
     single, multi, _ = runs
     comparison = crash_test.compare_checkpoints(single, multi, atol=FINAL_ATOL, rtol=0.0)
     print(f"2x2 vs 1x4 after two steps: max |float diff| {comparison.max_abs_diff:.3g}")
-    assert comparison.differences == [], comparison.differences  # integers and meta are compared exactly
+    others = [d for d in comparison.differences if not d.startswith("checkpoints/class_acc:")]
+    assert others == [], others  # integers and meta are compared exactly
+    class_acc = [crash_test.read_checkpoint(workdir)[1]["class_acc"] for workdir in (single, multi)]
+    assert np.abs(class_acc[0] - class_acc[1]).max() <= ONE_EXAMPLE + 1e-6
 
 
 def test_per_class_figures_match(runs):
@@ -95,8 +102,10 @@ def test_per_class_figures_match(runs):
     records = [metric_writers.read_metrics(workdir, "epoch") for workdir in (single, multi)]
     assert len(records[0]) == len(records[1]) == 2
     for expected, actual in zip(*records):
-        keys = [k for k in expected if not k.startswith("train_") or k == "train_adv_class_acc"]
+        keys = [k for k in expected if not k.startswith("train_")]
         assert {k: actual[k] for k in keys} == {k: expected[k] for k in keys}
+        difference = np.abs(np.subtract(actual["train_adv_class_acc"], expected["train_adv_class_acc"]))
+        assert difference.max() <= ONE_EXAMPLE + 1e-6
     differences = crash_test.compare_eval(single, multi, ignore_eval_keys=("robust",))
     assert differences == [], differences
     robust = [crash_test.read_eval(workdir)["robust"] for workdir in (single, multi)]
