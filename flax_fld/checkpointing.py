@@ -141,17 +141,13 @@ CONFIG_FILENAME = "config.json"
 DATASET_INFO_FILENAME = "dataset_info.json"
 
 
-def _write_json(path: str, payload: Any) -> None:
-    write_json_atomically(path, payload)  # a crash never leaves a half-written file behind
-
-
 def write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Any) -> None:
     """WORKDIR/config.json (the resolved config), WORKDIR/dataset_info.json (``info.to_dict()``: classes, image
     shape, counts) and, when the project made the split, a copy of its WORKDIR/split_assignment.csv."""
     if jax.process_index() != 0:
         return
     write_text_atomically(os.path.join(workdir, CONFIG_FILENAME), config.to_json_best_effort(indent=2))
-    _write_json(os.path.join(workdir, DATASET_INFO_FILENAME), info.to_dict())
+    write_json_atomically(os.path.join(workdir, DATASET_INFO_FILENAME), info.to_dict())
     if info.split_record:
         # The run keeps the assignment it trained on, whatever later happens to the prepared data.
         target = os.path.join(workdir, os.path.basename(info.split_record))
