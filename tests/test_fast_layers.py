@@ -10,36 +10,38 @@ import pytest
 from flax_fld.models import conv, pooling
 
 
-@pytest.mark.parametrize("size, channels_in, features, strides, kernel, padding, dilation", [
-    (2, 16, 8, 1, 3, 1, 1),  # ResNet's 2x2 last stage: the matrix-product forms
-    (4, 8, 8, 2, 3, 1, 1),  # stride 2 onto a 2x2 output
-    (4, 8, 6, 2, 1, 0, 1),  # the 1x1 downsample shortcut onto 2x2
-    (3, 4, 5, 1, 3, "SAME", 1),  # odd map, SAME
-    (5, 4, 5, 2, 3, "VALID", 1),  # stride 2, VALID onto 2x2
-    (2, 4, 3, 1, 3, 2, 2),  # dilated kernel on a tiny map
-    (8, 4, 8, 1, 3, 1, 1),  # larger maps: lax.conv_general_dilated forward, input_gradient
-    (9, 3, 4, 2, 3, "VALID", 1),
-    (16, 3, 17, 2, 3, "VALID", 1),  # SqueezeNet's stem, even and odd maps
-    (15, 3, 17, 2, 3, "VALID", 1),
-    (16, 3, 8, 2, 7, 3, 1),  # ResNet's stem
-    (15, 3, 8, 2, 7, 3, 1),
-    (8, 4, 8, 2, 3, 1, 1),  # ResNet's downsampling 3x3 and 1x1
-    (7, 4, 8, 2, 3, 1, 1),
-    (8, 4, 8, 2, 1, 0, 1),
-    (7, 4, 8, 2, 1, 0, 1),
-    (6, 5, 4, 1, 1, 0, 1),  # SqueezeNet's squeeze / expand 1x1
-    (7, 3, 4, 1, 5, "SAME", 1),
-    (6, 3, 4, 2, 4, "SAME", 1),  # even kernel, uneven SAME pads
-    (8, 3, 4, 1, 3, 1, 2),  # dilated kernel: JAX's rule
+@pytest.mark.parametrize("size, channels_in, features, strides, kernel, padding, dilation, patches", [
+    (2, 16, 8, 1, 3, 1, 1, True),  # ResNet's 2x2 last stage
+    (4, 8, 8, 2, 3, 1, 1, True),  # stride 2 onto a 2x2 output
+    (4, 8, 6, 2, 1, 0, 1, True),  # the 1x1 downsample shortcut onto 2x2
+    (3, 4, 5, 1, 3, "SAME", 1, True),  # odd map, SAME
+    (5, 4, 5, 2, 3, "VALID", 1, True),  # stride 2, VALID onto 2x2
+    (2, 4, 3, 1, 3, 2, 2, True),  # dilated kernel on a tiny map
+    (15, 16, 8, 1, 3, 1, 1, True),  # SqueezeNet's fire modules: few channels
+    (15, 64, 8, 1, 1, 0, 1, True),
+    (32, 16, 8, 1, 3, 1, 1, False),  # larger patches: lax.conv_general_dilated forward, input_gradient
+    (80, 3, 17, 2, 3, "VALID", 1, False),  # SqueezeNet's stem at 160 px, even and odd maps
+    (79, 3, 17, 2, 3, "VALID", 1, False),
+    (32, 3, 8, 2, 7, 3, 1, False),  # ResNet's stem
+    (31, 3, 8, 2, 7, 3, 1, False),
+    (32, 16, 8, 2, 3, 1, 1, False),  # ResNet's downsampling 3x3 and 1x1
+    (31, 16, 8, 2, 3, 1, 1, False),
+    (32, 136, 8, 2, 1, 0, 1, False),
+    (31, 136, 8, 2, 1, 0, 1, False),
+    (32, 16, 4, 1, 5, "SAME", 1, False),
+    (32, 16, 4, 2, 4, "SAME", 1, False),  # even kernel, uneven SAME pads
+    (32, 16, 4, 1, 3, 1, 2, False),  # dilated kernel: JAX's rule
 ])
 def test_conv_equals_nn_conv_in_values_and_gradients(size, channels_in, features, strides, kernel, padding,
-                                                    dilation):
+                                                    dilation, patches):
     x = jax.random.normal(jax.random.key(0), (3, size, size, channels_in))
     reference = nn.Conv(features, (kernel, kernel), strides, padding=padding, kernel_dilation=dilation)
     ours = conv.Conv(features, (kernel, kernel), strides, padding=padding, kernel_dilation=dilation)
     variables = reference.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
-    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
+    expected = reference.apply(variables, x)
+    assert conv.use_patches(expected.shape[1:3], variables["params"]["kernel"].shape) == patches
+    np.testing.assert_allclose(ours.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
     grad = lambda module: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1)))  # noqa: E731
     chex.assert_trees_all_close(grad(ours)(variables, x), grad(reference)(variables, x), rtol=1e-4, atol=1e-4)
 
@@ -53,8 +55,8 @@ def test_conv_of_channel_parts_equals_conv_of_their_concatenation(kernel, stride
     assert jax.tree.map(jnp.shape, module.init(jax.random.key(7), parts)) == jax.tree.map(jnp.shape, variables)
     np.testing.assert_allclose(module.apply(variables, parts), module.apply(variables, whole), rtol=1e-5, atol=1e-5)
     loss = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
-    grad_parts = jax.grad(loss, argnums=(0, 1))(variables, parts)
-    grad_whole = jax.grad(loss, argnums=(0, 1))(variables, whole)
+    grad_parts = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, parts)
+    grad_whole = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, whole)
     chex.assert_trees_all_close(grad_parts[0], grad_whole[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(jnp.concatenate(grad_parts[1], axis=-1), grad_whole[1], rtol=1e-4, atol=1e-4)
 

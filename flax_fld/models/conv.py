@@ -1,17 +1,19 @@
-"""A convolution whose input gradient XLA's CPU backend runs fast, on every map size.
+"""A convolution that XLA's CPU backend runs fast in both directions, inside the attack loop too (issue 10).
 
-Two CPU pathologies, both in the attack loop's input gradients (issue 10):
-- On maps of a few pixels XLA's convolution is slow in both directions: a 3x3, 512->512 convolution on
-  ResNet-18's 2x2 last stage (64 px input), batch 32, took ~550 ms forward and ~550 ms for its input
-  gradient (CPU time, ``nn.Conv``) where the same arithmetic as matrix products takes ~17 ms and ~8 ms.
-  Output maps of at most ``MAX_PATCH_POSITIONS`` pixels use a ``custom_vjp`` whose forward is
-  patches @ kernel and whose input gradient is g @ kernel^T scattered back onto the patches' pixels.
-- JAX's automatic transpose of a convolution reverses the kernel and swaps its I/O labels (``01oi``).
-  Inside a ``while`` loop (the attack) XLA keeps those labels, which only its slow generic (Eigen)
-  convolution accepts: 3-10x slower than the same gradient with HWIO labels. A stride-2 layer's gradient is
-  worse still: a convolution of the zero-interleaved (``lhs_dilation``) gradient, ~5x the work of a
-  stride-1 one and 5-30x slower (ResNet's 7x7/2 stem: ~58 ms a step at batch 32). Larger maps use a
-  ``custom_vjp`` whose input gradient is one unit-stride HWIO convolution (``input_gradient``).
+``conv2d`` computes exactly ``lax.conv_general_dilated``, in one of two ``custom_vjp`` forms:
+- patches @ kernel, where ``use_patches`` says so. Output maps of at most ``MAX_PATCH_POSITIONS`` pixels,
+  where XLA's convolution is pathological (a 3x3, 512->512 convolution on ResNet-18's 2x2 last stage,
+  batch 32: ~550 ms forward and ~550 ms input gradient, against ~17 and ~8 ms as matrix products), and
+  convolutions whose patch matrix is small (``MAX_PATCH_ELEMENTS`` floats per image): with SqueezeNet's few
+  channels one matrix product beat XLA's (YNNPACK) convolution 1.3-2x in each direction, and SqueezeNet's
+  TRADES step went from 484 to 390 ms. ResNet-18's wider layers stay convolutions, as fast there. The
+  input gradient is g @ kernel^T scattered back onto the patches' pixels.
+- XLA's convolution, with ``input_gradient``. JAX's automatic transpose of a convolution reverses the
+  kernel and swaps its I/O labels (``01oi``); inside a ``while`` loop (the attack) XLA keeps those labels,
+  which only its slow generic (Eigen) convolution accepts: 3-10x slower than the same gradient with HWIO
+  labels. A strided layer's automatic gradient is worse still: a convolution of the zero-interleaved
+  (``lhs_dilation``) gradient, 5-30x slower (ResNet's 7x7/2 stem: ~58 ms per attack step at batch 32,
+  ~2 ms here). ``input_gradient`` is one unit-stride convolution with HWIO labels instead.
 Kernel gradients are JAX's own rule (the attack loop never asks for them, and XLA drops them there).
 ``Conv`` is ``nn.Conv``'s drop-in (same ``kernel``/``bias`` names, shapes and initialisers), so checkpoints
 and parameter counts do not change. NHWC images, HWIO kernels throughout.
@@ -29,6 +31,7 @@ from jax import lax
 Pads = tuple[tuple[int, int], tuple[int, int]]
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 MAX_PATCH_POSITIONS = 4  # output maps up to this many pixels use patches @ kernel (2x2 is the slow case)
+MAX_PATCH_ELEMENTS = 2**15  # and so do convolutions whose patches hold at most this many floats per image
 
 
 def explicit_padding(padding: Any, kernel_size: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
@@ -72,15 +75,15 @@ def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int], dil
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _small_map_conv(x, kernel, strides, pads, dilation):
+def _patches_product_conv(x, kernel, strides, pads, dilation):
     return _patches_conv(x, kernel, strides, pads, dilation)
 
 
-def _conv_fwd(x, kernel, strides, pads, dilation):
+def _patches_fwd(x, kernel, strides, pads, dilation):
     return _patches_conv(x, kernel, strides, pads, dilation), (x, kernel)
 
 
-def _conv_bwd(strides, pads, dilation, residuals, g):
+def _patches_bwd(strides, pads, dilation, residuals, g):
     """Input gradient: one matrix product g @ kernel^T onto the patches, then the patch extraction's transpose
     (pads and adds); the kernel gradient is JAX's rule, patches^T @ g."""
     x, kernel = residuals
@@ -90,7 +93,7 @@ def _conv_bwd(strides, pads, dilation, residuals, g):
     return patches_transpose(g @ kernel.reshape(kh * kw * cin, cout).T)[0], kernel_vjp(g)[0]
 
 
-_small_map_conv.defvjp(_conv_fwd, _conv_bwd)
+_patches_product_conv.defvjp(_patches_fwd, _patches_bwd)
 
 
 def input_gradient(g: jax.Array, kernel: jax.Array, input_shape: Sequence[int], strides: Sequence[int],
@@ -146,18 +149,25 @@ def _hwio_bwd(strides, pads, residuals, g):
 _hwio_gradient_conv.defvjp(_hwio_fwd, _hwio_bwd)
 
 
+def use_patches(out: Sequence[int], kernel_shape: Sequence[int]) -> bool:
+    """Whether ``conv2d`` computes patches @ kernel for output map ``out`` (H', W') and an HWIO kernel shape."""
+    kh, kw, cin, _ = kernel_shape
+    positions = out[0] * out[1]
+    return positions <= MAX_PATCH_POSITIONS or positions * kh * kw * cin <= MAX_PATCH_ELEMENTS
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pads: Pads = ((0, 0), (0, 0)),
            dilation: Sequence[int] = (1, 1)) -> jax.Array:
     """``lax.conv_general_dilated(x [B,H,W,Cin], kernel [kh,kw,Cin,Cout])`` -> ``[B,H',W',Cout]``.
 
-    Output maps of at most ``MAX_PATCH_POSITIONS`` pixels take the matrix-product forms above; undilated
-    kernels with pads in [0, k - 1] take ``input_gradient``; anything else JAX's own rules.
+    Where ``use_patches`` says so it takes the matrix-product forms above; otherwise undilated kernels with
+    pads in [0, k - 1] take ``input_gradient``, and anything else JAX's own rules.
     """
     strides, dilation = tuple(strides), tuple(dilation)
     pads = tuple(tuple(p) for p in pads)
     out = [_output_size(x.shape[1 + i], kernel.shape[i], strides[i], pads[i], dilation[i]) for i in range(2)]
-    if out[0] * out[1] <= MAX_PATCH_POSITIONS:
-        return _small_map_conv(x, kernel, strides, pads, dilation)
+    if use_patches(out, kernel.shape):
+        return _patches_product_conv(x, kernel, strides, pads, dilation)
     if dilation == (1, 1) and all(0 <= p <= k - 1 for pair, k in zip(pads, kernel.shape[:2]) for p in pair):
         return _hwio_gradient_conv(x, kernel, strides, pads)
     return _plain_conv(x, kernel, strides, pads, dilation)
