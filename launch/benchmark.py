@@ -1,6 +1,6 @@
 """JAX against PyTorch on the same FLD steps, side by side in one run (benchmarks/side_by_side.py).
 
-  python launch/benchmark.py --quick                      # SqueezeNet and ResNet-18 (18.5 min on a loaded 2-core CPU)
+  python launch/benchmark.py --quick                      # the side-by-side table for SqueezeNet and ResNet-18
   python launch/benchmark.py --out=benchmarks/latest.md   # every classifier, torch.compile, K sweep, pmap 1/2/4
 
 PyTorch is a benchmark extra: pip install torch==2.13.0 (the CPU build; see README). Without it only the
@@ -20,8 +20,8 @@ from flax_fld.atomic_files import write_text_atomically  # noqa: E402  pylint: d
 from flax_fld.models import registry  # noqa: E402  pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every row (default configs/default.py).")
-_QUICK = flags.DEFINE_bool("quick", False, "SqueezeNet + ResNet-18, train / TRADES / FLD + TRADES rows, eager torch "
-                           "only, compile K in (10, 40), 1 and 2 devices.")
+_QUICK = flags.DEFINE_bool("quick", False, "Only the side-by-side table: SqueezeNet + ResNet-18, TRADES and FLD + "
+                           "TRADES rows, eager torch; no compile-time or pmap table (a few minutes).")
 _CLASSIFIERS = flags.DEFINE_list("classifiers", [], "Classifiers; empty: all (or the --quick pair).")
 _STEPS = flags.DEFINE_list("steps", list(side_by_side.STEPS), "Rows per classifier.")
 _FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch eager", "torch.compile"], "Contenders.")
@@ -38,7 +38,7 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     classifiers = _CLASSIFIERS.value or (["squeezenet1_1", "resnet18"] if _QUICK.value else list(registry))
     frameworks = _FRAMEWORKS.value if not _QUICK.value else ["jax", "torch eager"]
-    steps = _STEPS.value if not _QUICK.value else ["train step", "TRADES step", "FLD + TRADES step"]
+    steps = _STEPS.value if not _QUICK.value else ["TRADES step", "FLD + TRADES step"]
     try:
         import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
@@ -47,8 +47,8 @@ def main(argv) -> None:
     results = side_by_side.run(
         _CONFIG.value, classifiers=classifiers, steps=steps, frameworks=frameworks,
         attack_steps=_ATTACK_STEPS.value,
-        compile_ks=[10, 40] if _QUICK.value else [int(k) for k in _COMPILE_KS.value],
-        device_counts=[1, 2] if _QUICK.value else [int(n) for n in _DEVICES.value],
+        compile_ks=[] if _QUICK.value else [int(k) for k in _COMPILE_KS.value],
+        device_counts=[] if _QUICK.value else [int(n) for n in _DEVICES.value],
         warmup=_WARMUP.value, rounds=_ROUNDS.value, log=lambda line: print(line, file=sys.stderr, flush=True))
     text = report.markdown(results, "python " + " ".join(sys.argv))
     print(text)
