@@ -1,4 +1,4 @@
-"""The benchmark harness (benchmarks/timing.py, report.py): alternation, medians and the tables it prints."""
+"""The benchmark harness (benchmarks/timing.py, report.py, profile_step.py): alternation, medians, tables, attribution."""
 
 import os
 import sys
@@ -8,7 +8,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # benchmarks/ is a top-level folder, not part of the installed package
     sys.path.insert(0, REPO)
-from benchmarks import report, timing  # noqa: E402
+from benchmarks import profile_step, report, timing  # noqa: E402
 
 
 def test_alternate_interleaves_the_contenders_and_reports_medians():
@@ -43,3 +43,36 @@ def test_report_has_one_row_per_measurement_and_the_ratios():
     assert "| squeezenet1_1 | TRADES step | 50.0 | 25.0 | 2.00x | 10.0 (10.0 %) | 3.0 |" in text
     assert "| 40 | 21.0 | 1.05x |" in text
     assert "| 2 | 16 | 9.0 | 6.0 | 1.00e-03 |" in text
+
+
+HLO = """
+%fused_conv (p0: f32[2,8,8,3], p1: f32[3,3,3,4]) -> f32[2,8,8,4] {
+  %p0 = f32[2,8,8,3]{3,2,1,0} parameter(0)
+  ROOT %convolution.1 = f32[2,8,8,4]{3,2,1,0} convolution(%p0, %p1), metadata={op_name="jit(_fun)/while/body/closed_call/transpose(jvp(SqueezeNet))/stem/conv/conv_general_dilated"}
+}
+
+%body.1 (arg: (s32[], f32[2,8,8,3])) -> (s32[], f32[2,8,8,3]) {
+  %ynn_fusion.7 = f32[2,8,8,4]{3,2,1,0} fusion(%x, %k), kind=kCustom, calls=%fused_conv
+}
+
+ENTRY %main.2 (a: f32[2,8,8,3]) -> f32[2,8,8,4] {
+  %while.3 = (s32[], f32[2,8,8,3]) while(%t), condition=%cond.1, body=%body.1
+  %add.4 = f32[2,8,8,4]{3,2,1,0} add(%a, %b), metadata={op_name="jit(_fun)/jvp(ICFDNet)/encoder0/GroupNorm_0/add"}
+  %kernel_grad.5 = f32[3,3,3,4]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_conv_no_metadata
+}
+
+%fused_conv_no_metadata (p0: f32[2,8,8,3]) -> f32[3,3,3,4] {
+  ROOT %convolution.9 = f32[3,3,3,4]{3,2,1,0} convolution(%p0, %p0)
+}
+"""
+
+
+def test_profile_attributes_ops_to_loop_part_direction_and_kind():
+    sources = profile_step.op_sources(HLO)
+    assert profile_step.group_of(*sources["ynn_fusion.7"], classifier="SqueezeNet") == (
+        "attack loop", "classifier", "backward", "convolution")  # the fused body's metadata and convolution count
+    assert profile_step.group_of(*sources["add.4"], classifier="SqueezeNet") == (
+        "outside the loop", "IC1/IC2", "forward", "other ops")
+    assert profile_step.group_of(*sources["kernel_grad.5"], classifier="SqueezeNet") == (
+        "outside the loop", "unattributed", "?", "convolution")
+    assert profile_step.short_label(sources["ynn_fusion.7"][0]) == "SqueezeNet/stem/conv/conv_general_dilated"
