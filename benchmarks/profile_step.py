@@ -5,8 +5,8 @@
 Traces 3 steps of configs/default.py's pmapped train step (batch 32, K attack steps, default 3) with
 ``jax.profiler``, maps every XLA op in the trace to the JAX operations it was compiled from (the HLO's
 ``op_name`` metadata, fusion bodies included), and prints op time per step grouped by: inside the attack's
-loop or outside it; IC1/IC2, the classifier or other; forward or backward (JAX's ``transpose``); convolution
-or not. Op time is summed over threads, so it exceeds wall time where ops run side by side.
+loop or outside it; IC1/IC2, the classifier or other; forward or backward (JAX's ``transpose``); XLA
+convolution, matrix product (our small convolutions run as patches @ kernel, flax_fld/models/conv.py) or other. Op time is summed over threads, so it exceeds wall time where ops run side by side.
 """
 
 import collections
@@ -30,8 +30,8 @@ TRACED_STEPS = 3
 
 
 def op_sources(hlo_text: str) -> dict[str, tuple[str, bool, bool]]:
-    """{HLO instruction: (op_name metadata of it and its fused body, joined; whether it convolves; whether it
-    runs in a while loop's body, i.e. the attack)}."""
+    """{HLO instruction: (op_name metadata of it and its fused body, joined; 'convolution', 'matmul' or
+    'other ops' by what it and its fused body compute; whether it runs in a while loop's body, i.e. the attack)}."""
     bodies, owner, definition, current = {}, {}, {}, None
     for line in hlo_text.splitlines():
         header = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
@@ -50,7 +50,9 @@ def op_sources(hlo_text: str) -> dict[str, tuple[str, bool, bool]]:
         called = re.search(r"calls=%([\w.\-]+)", line)
         lines = [line] + (bodies.get(called.group(1), []) if called else [])
         names = [m.group(1) for text in lines for m in [re.search(r'op_name="([^"]*)"', text)] if m]
-        sources[name] = (" ".join(names), any(" convolution(" in text for text in lines), computation in loop_bodies)
+        kind = ("convolution" if any(" convolution(" in text for text in lines)
+                else "matmul" if any(" dot(" in text for text in lines) else "other ops")
+        sources[name] = (" ".join(names), kind, computation in loop_bodies)
     return sources
 
 
@@ -61,11 +63,10 @@ def short_label(source: str) -> str:
     return "/".join(first.split("/")[-4:]) or "(no metadata)"
 
 
-def group_of(source: str, convolves: bool, in_loop: bool, classifier: str) -> tuple[str, str, str, str]:
-    """(attack loop | outside it, IC1/IC2 | classifier | other, forward | backward, convolution | other ops).
+def group_of(source: str, kind: str, in_loop: bool, classifier: str) -> tuple[str, str, str, str]:
+    """(attack loop | outside it, IC1/IC2 | classifier | other, forward | backward, convolution | matmul | other ops).
     XLA keeps no metadata on some fusions (kernel-gradient convolutions and their transposes): 'unattributed'."""
     where = "attack loop" if in_loop else "outside the loop"
-    kind = "convolution" if convolves else "other ops"
     if not source:
         return where, "unattributed", "?", kind
     part = "IC1/IC2" if "ICFDNet" in source else ("classifier" if classifier in source else "other")
@@ -73,7 +74,7 @@ def group_of(source: str, convolves: bool, in_loop: bool, classifier: str) -> tu
 
 
 def profile(attack_steps: int, classifier: str) -> tuple[collections.Counter, dict, float]:
-    """(op ms per step by group, {group: Counter of op ms by op}, wall ms per traced step)."""
+    """(op ms per step by group, {group: Counter of op ms by op}, wall ms per untraced step)."""
     config = config_files.load_config("default")
     config.adv.num_steps, config.adv.start_epoch = attack_steps, 0
     config.model.classifier = classifier
@@ -88,13 +89,16 @@ def profile(attack_steps: int, classifier: str) -> tuple[collections.Counter, di
     for _ in range(2):
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
+    start = time.perf_counter()  # untraced: writing the trace would count as step time
+    for _ in range(TRACED_STEPS):
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    wall_ms = 1000 * (time.perf_counter() - start) / TRACED_STEPS
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
         with jax.profiler.trace(folder, create_perfetto_trace=True):
             for _ in range(TRACED_STEPS):
                 state, metrics = step(state, batch)
                 jax.block_until_ready(metrics)
-        wall_ms = 1000 * (time.perf_counter() - start) / TRACED_STEPS
         with gzip.open(glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)[0]) as handle:
             events = json.load(handle)
     events = events["traceEvents"] if isinstance(events, dict) else events
@@ -112,7 +116,7 @@ def profile(attack_steps: int, classifier: str) -> tuple[collections.Counter, di
 def main(attack_steps: int = 3, classifier: str = "squeezenet1_1") -> None:
     totals, ops, wall_ms = profile(attack_steps, classifier)
     print(f"configs/default.py, {classifier}, K = {attack_steps}, batch 32: wall {wall_ms:.0f} ms per step "
-          f"(traced), op time {sum(totals.values()):.0f} ms per step, load average {os.getloadavg()[0]:.2f}")
+          f"(untraced), op time {sum(totals.values()):.0f} ms per step, load average {os.getloadavg()[0]:.2f}")
     print("| where | part | direction | kind | op ms per step | largest ops |\n|---|---|---|---|---:|---|")
     for group, milliseconds in totals.most_common():
         largest = ", ".join(f"{op} {ms:.1f}" for op, ms in ops[group].most_common(2))

@@ -56,6 +56,7 @@ HLO = """
 }
 
 ENTRY %main.2 (a: f32[2,8,8,3]) -> f32[2,8,8,4] {
+  %dot.6 = f32[128,4]{1,0} dot(%patches, %kernel), metadata={op_name="jit(_fun)/SqueezeNet/fire2/squeeze/conv/dot_general"}
   %while.3 = (s32[], f32[2,8,8,3]) while(%t), condition=%cond.1, body=%body.1
   %add.4 = f32[2,8,8,4]{3,2,1,0} add(%a, %b), metadata={op_name="jit(_fun)/jvp(ICFDNet)/encoder0/GroupNorm_0/add"}
   %kernel_grad.5 = f32[3,3,3,4]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_conv_no_metadata
@@ -75,4 +76,6 @@ def test_profile_attributes_ops_to_loop_part_direction_and_kind():
         "outside the loop", "IC1/IC2", "forward", "other ops")
     assert profile_step.group_of(*sources["kernel_grad.5"], classifier="SqueezeNet") == (
         "outside the loop", "unattributed", "?", "convolution")
+    assert profile_step.group_of(*sources["dot.6"], classifier="SqueezeNet") == (
+        "outside the loop", "classifier", "forward", "matmul")
     assert profile_step.short_label(sources["ynn_fusion.7"][0]) == "SqueezeNet/stem/conv/conv_general_dilated"
