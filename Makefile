@@ -26,7 +26,7 @@ demo: setup
 	$(PY) launch/train.py --config=configs/default.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 benchmark: $(VENV)/.installed-test
 	$(PY) launch/benchmark.py
