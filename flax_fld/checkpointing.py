@@ -7,10 +7,13 @@ validation value so far, ...). Saving the iterator position next to the state is
 same command continue with exactly the batches an uninterrupted run would have seen.
 """
 
+import contextlib
 import json
+import logging
 import os
 import shutil
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import flax
 import jax
@@ -48,6 +51,41 @@ def remove_half_written(directory: str) -> None:
     for name in os.listdir(directory):
         if HALF_WRITTEN_MARKER in name:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+# After orbax gives up on a damaged checkpoint, tensorstore's other reads of it are still running. Each one later
+# reports its own failure, or that orbax's event loop is closed, as an "unraisable" exception or through the
+# asyncio logger ("Future exception was never retrieved"): hundreds of multi-line tracebacks behind the one-line
+# error, at a moment that depends on the machine's load.
+_CLOSED_LOOP = "Event loop is closed"
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads_on_failure(directory: str) -> Iterator[None]:
+    """If the block raises, the abandoned reads of ``directory`` stay silent; other reports still come through.
+
+    Both filters go in before the restore (the first reports can come before the caller's ``except``) and stay
+    after a failure (the last ones come until the process exits); after a success both are removed.
+    """
+    def abandoned(text: str) -> bool:
+        return directory in text or _CLOSED_LOOP in text
+
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if not abandoned(str(unraisable.exc_value)):
+            previous_hook(unraisable)
+
+    def asyncio_filter(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not abandoned(record.getMessage() + str(error))
+
+    asyncio_logger = logging.getLogger("asyncio")
+    sys.unraisablehook = hook
+    asyncio_logger.addFilter(asyncio_filter)
+    yield  # an exception from the block propagates from here, so the lines below run only after a success
+    sys.unraisablehook = previous_hook
+    asyncio_logger.removeFilter(asyncio_filter)
 
 
 class Checkpointer:
@@ -114,11 +152,12 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         manager = self._manager(which)
+        path = os.path.join(str(manager.directory), str(step))
         try:
-            restored = manager.restore(step, args=args)
+            with _quiet_abandoned_reads_on_failure(path):
+                restored = manager.restore(step, args=args)
             state = flax.serialization.from_state_dict(template, restored["state"])
         except Exception as error:  # tensorstore, json and orbax raise assorted types for damaged files
-            path = os.path.join(str(manager.directory), str(step))
             reason = " ".join(str(error).split())[:300]
             raise ValueError(
                 f"checkpoint {path} is unreadable ({type(error).__name__}: {reason}); if its files are damaged, "
