@@ -67,8 +67,10 @@ def _quiet_abandoned_reads_on_failure(directory: str) -> Iterator[None]:
     Both filters go in before the restore (the first reports can come before the caller's ``except``) and stay
     after a failure (the last ones come until the process exits); after a success both are removed.
     """
+    inside = directory.rstrip(os.sep) + os.sep  # step 6's files, not step 60's
+
     def abandoned(text: str) -> bool:
-        return directory in text or _CLOSED_LOOP in text
+        return inside in text or _CLOSED_LOOP in text
 
     previous_hook = sys.unraisablehook
 

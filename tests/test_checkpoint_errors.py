@@ -76,9 +76,11 @@ def test_only_the_failed_restores_reports_are_dropped_and_a_success_leaves_no_fi
             with checkpointing._quiet_abandoned_reads_on_failure("/run/checkpoints/6"):
                 raise ValueError("unreadable")
         report("reading /run/checkpoints/6/state failed")
+        report("reading /run/checkpoints/60/state failed")  # another step's files
         report("Event loop is closed")
         report("something else went wrong")
     finally:
         sys.unraisablehook = previous
         logging.getLogger("asyncio").filters[:] = asyncio_filters  # the failed block's filter stays by design
-    assert seen == ["reading /run/checkpoints/9/state failed", "something else went wrong"]
+    assert seen == ["reading /run/checkpoints/9/state failed", "reading /run/checkpoints/60/state failed",
+                    "something else went wrong"]
