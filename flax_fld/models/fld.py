@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from flax_fld import color
-from flax_fld.models import get_classifier
+from flax_fld.models import get_classifier, paired_icfdnet
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
 
 DECOUPLERS = ("ic1", "ic2")
@@ -139,6 +139,11 @@ def decouple(model: FLDModel, variables: dict, x: jax.Array, *, train: bool) -> 
     """
     if not model.use_decouplers:
         return Decoupled(None, None, None, None), {}
+    if paired_icfdnet.can_pair(model.ic1, model.ic2):
+        # GroupNorm: no batch statistics, and both networks' layers run as one (2x faster forward on CPU).
+        feat1, class_logits, feat2, x_hat = paired_icfdnet.paired_decouple(
+            model.ic1, model.ic2, variables["params"]["ic1"], variables["params"]["ic2"], x)
+        return Decoupled(feat1, class_logits, feat2, x_hat), {"ic1": {}, "ic2": {}}
     feat1, class_logits, stats1 = _run_decoupler(model.ic1, _variables_of(variables, "ic1"), x, train)
     feat2, x_hat, stats2 = _run_decoupler(model.ic2, _variables_of(variables, "ic2"), x, train)
     return Decoupled(feat1, class_logits, feat2, x_hat), {"ic1": stats1, "ic2": stats2}

@@ -60,6 +60,18 @@ def attention_pool_factor(height: int, width: int, max_tokens: int) -> int:
     return factor
 
 
+def halve(x: jax.Array) -> jax.Array:
+    """2x2 max pool, stride 2, SAME: [B,H,W,C] -> [B,ceil(H/2),ceil(W/2),C], between U-Net levels."""
+    return pooling.max_pool(x, (2, 2), (2, 2), [pooling.same_pads(n, 2, 2) for n in x.shape[1:3]])
+
+
+def image_at_level(image: jax.Array, level: int) -> jax.Array:
+    """Multi-level pooling: the raw image average-pooled to U-Net `level`'s scale, to rejoin the deep
+    features there: [B,H,W,C] -> [B,ceil(H/2^level),ceil(W/2^level),C]."""
+    scale = 2**level
+    return nn.avg_pool(image, (scale, scale), (scale, scale), padding="SAME", count_include_pad=False)
+
+
 def normalization(norm: str, features: int, train: bool) -> nn.Module:
     """BatchNorm (``norm="batch"``) or GroupNorm of up to 4 groups (``"group"``).
 
@@ -189,31 +201,32 @@ class ICFDNet(nn.Module):
     mid_ratio: int = 2
     norm: str = "batch"
 
-    def _block(self, level: int, name: str) -> ICBlock:
+    def block_channels(self, level: int) -> tuple[int, int]:
+        """(out_channels, mid_channels) of the ICBlocks at U-Net `level`."""
         width = self.widths[level]
         mid = max(self.num_heads, width // self.mid_ratio)
-        mid -= mid % self.num_heads
-        return ICBlock(width, mid, self.block_depths[level], self.num_heads, self.attn_max_tokens, self.norm,
-                       name=name)
+        return width, mid - mid % self.num_heads
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    def _block(self, level: int, name: str) -> ICBlock:
+        return ICBlock(*self.block_channels(level), self.block_depths[level], self.num_heads, self.attn_max_tokens,
+                       self.norm, name=name)
+
+    def check_attributes(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"icfdnet.py: head={self.head!r}; expected one of {HEADS}")
         if len(self.widths) != len(self.block_depths) or not self.widths:
             raise ValueError(f"icfdnet.py: widths={tuple(self.widths)} and block_depths={tuple(self.block_depths)} "
                              "must be non-empty and of equal length")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        self.check_attributes()
         image = x
         encoded = []
         h = x
         for level in range(len(self.widths)):
             if level > 0:
-                h = pooling.max_pool(h, (2, 2), (2, 2), [pooling.same_pads(n, 2, 2) for n in h.shape[1:3]])
-                # Multi-level pooling: the raw image at this stage's scale rejoins the deep features.
-                scale = 2**level
-                pooled_image = nn.avg_pool(image, (scale, scale), (scale, scale), padding="SAME",
-                                           count_include_pad=False)
-                h = jnp.concatenate([h, pooled_image], axis=-1)
+                h = jnp.concatenate([halve(h), image_at_level(image, level)], axis=-1)
             h = self._block(level, f"encoder{level}")(h, train)
             encoded.append(h)
 
