@@ -1,7 +1,10 @@
 """One pmapped FLD + TRADES step timed on this process's devices (set by XLA_FLAGS); prints one JSON line.
 
 Run by ``side_by_side.pmap_scaling`` with --xla_force_host_platform_device_count=N, at a fixed global batch,
-and by ``side_by_side.compile_times`` with --compile_only (a fresh process: no executable is cached yet).
+and by ``side_by_side.compile_times`` with --compile_only (a fresh process: no executable is cached yet), which
+also takes --config (default configs/default.py):
+
+    python -m benchmarks.pmap_probe --compile_only --attack_steps=10 --config=configs/paper.py
 """
 
 import argparse
@@ -23,10 +26,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--params_out", default="")
     parser.add_argument("--compile_only", action="store_true")
+    parser.add_argument("--config", default="default", help="--compile_only: a config file, e.g. configs/paper.py")
     args = parser.parse_args()
     if args.compile_only:
         jax.config.update("jax_enable_compilation_cache", False)
-        config = step_config(load_config("default"), "squeezenet1_1", "FLD + TRADES step",
+        config = step_config(load_config(args.config), "squeezenet1_1", "FLD + TRADES step",
                              args.attack_steps)
         print(json.dumps({"attack_steps": args.attack_steps, "compile_s": jax_steps.compile_seconds(config)}))
         return

@@ -34,8 +34,9 @@ def step_config(base: ml_collections.ConfigDict, classifier: str, step: str, att
     return config
 
 
-def contenders(config: ml_collections.ConfigDict, step: str, frameworks: Sequence[str]) -> dict:
-    """{framework: Contender} for one row."""
+def contenders(config: ml_collections.ConfigDict, step: str, frameworks: Sequence[str],
+               torch_device: str = "cpu") -> dict:
+    """{framework: Contender} for one row; the PyTorch twin runs on ``torch_device`` ("cpu", "cuda")."""
     built = {}
     for framework in frameworks:
         if framework == "jax":
@@ -44,19 +45,21 @@ def contenders(config: ml_collections.ConfigDict, step: str, frameworks: Sequenc
             continue
         from benchmarks import torch_steps  # pylint: disable=import-outside-toplevel
         compiled = framework == "torch.compile"
-        built[framework] = (torch_steps.eval_forward(config, config.train.eval_batch_size, compiled=compiled)
-                            if step == "eval forward" else torch_steps.train_step(config, compiled=compiled))
+        built[framework] = (
+            torch_steps.eval_forward(config, config.train.eval_batch_size, compiled=compiled, device=torch_device)
+            if step == "eval forward" else torch_steps.train_step(config, compiled=compiled, device=torch_device))
     return built
 
 
 def measure_rows(base: ml_collections.ConfigDict, classifiers: Sequence[str], steps: Sequence[str],
-                 frameworks: Sequence[str], attack_steps: int, warmup: int, rounds: int, log=print) -> list[dict]:
+                 frameworks: Sequence[str], attack_steps: int, warmup: int, rounds: int, log=print,
+                 torch_device: str = "cpu") -> list[dict]:
     """One dict per (classifier, step): images/s per framework, first-call seconds, JAX FLOP/s."""
     rows = []
     for classifier in classifiers:
         for step in steps:
             config = step_config(base, classifier, step, attack_steps)
-            built = contenders(config, step, frameworks)
+            built = contenders(config, step, frameworks, torch_device)
             timed = timing.alternate({name: c.call for name, c in built.items()}, warmup=warmup, rounds=rounds)
             row = {"classifier": classifier, "step": step}
             for name, result in timed.items():
@@ -117,20 +120,22 @@ def pmap_scaling(device_counts: Sequence[int], global_batch: int, attack_steps: 
 
 def run(base: ml_collections.ConfigDict, *, classifiers: Sequence[str], steps: Sequence[str],
         frameworks: Sequence[str], attack_steps: int, compile_ks: Sequence[int], device_counts: Sequence[int],
-        warmup: int, rounds: int, log=print) -> dict:
+        warmup: int, rounds: int, log=print, torch_device: str = "cpu") -> dict:
     """Everything, measured in one process (the pmap probes in subprocesses); returns the raw results."""
     if any(f.startswith("torch") for f in frameworks):
         from benchmarks import torch_steps  # pylint: disable=import-outside-toplevel
         torch_steps.set_threads(os.cpu_count() or 1)
     machine = timing.machine_description()
-    peak, peak_note = timing.peak_flops()
+    peak, peak_note = timing.peak_flops(jax.local_devices()[0])
     results = {"machine": machine, "peak_flops": peak, "peak_note": peak_note,
                "settings": {"image size": base.data.image_size, "batch": base.train.per_device_batch_size,
                             "eval batch": base.train.eval_batch_size, "attack steps K": attack_steps,
                             "ICFDNet preset": base.model.icfdnet_preset, "rounds (median of)": rounds,
                             "warm-up calls": warmup,
-                            "threads": f"torch {os.cpu_count()} (set_num_threads); XLA one per core"}}
-    results["rows"] = measure_rows(base, classifiers, steps, frameworks, attack_steps, warmup, rounds, log)
+                            "threads": f"torch {os.cpu_count()} (set_num_threads); XLA one per core",
+                            "torch device": torch_device}}
+    results["rows"] = measure_rows(base, classifiers, steps, frameworks, attack_steps, warmup, rounds, log,
+                                   torch_device)
     results["compile"] = compile_times(compile_ks, log) if compile_ks else {}
     results["pmap"] = (pmap_scaling(device_counts, base.train.per_device_batch_size, attack_steps, rounds, log)
                        if device_counts else [])

@@ -53,14 +53,29 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def peak_flops() -> tuple[float, str]:
-    """(theoretical fp32 FLOP/s of this CPU, how it was derived) from /proc/cpuinfo.
+# Datasheet fp32 peaks of accelerators (no FMA-unit count to read off a GPU): (TFLOP/s, what it counts).
+ACCELERATOR_PEAKS = {
+    "H200": (67.0, "NVIDIA H200 SXM datasheet: 67 TFLOP/s FP32 without tensor cores (TF32 tensor cores: 495 dense)"),
+    "H100": (67.0, "NVIDIA H100 SXM datasheet: 67 TFLOP/s FP32 without tensor cores (TF32 tensor cores: 495 dense)"),
+    "A100": (19.5, "NVIDIA A100 datasheet: 19.5 TFLOP/s FP32 without tensor cores (TF32 tensor cores: 156 dense)"),
+}
 
-    cores x clock x FLOPs per cycle per core, with two FMA units per core (FLOPs per cycle: 2 x 2 x lanes;
-    lanes 16 with AVX-512, 8 with AVX2, 4 otherwise). The clock is /proc/cpuinfo's current "cpu MHz", so
-    turbo and a virtual machine's real clock can make the true peak differ: an upper bound to compare with,
-    not a measurement.
+
+def peak_flops(device=None) -> tuple[float, str]:
+    """(theoretical fp32 FLOP/s of the device the step runs on, how it was derived).
+
+    CPU (``device`` None or a CPU device): cores x clock x FLOPs per cycle per core, with two FMA units per
+    core (FLOPs per cycle: 2 x 2 x lanes; lanes 16 with AVX-512, 8 with AVX2, 4 otherwise). The clock is
+    /proc/cpuinfo's current "cpu MHz", so turbo and a virtual machine's real clock can make the true peak
+    differ: an upper bound to compare with, not a measurement. An accelerator: its datasheet's fp32 figure
+    from ``ACCELERATOR_PEAKS`` by device kind, or 0 (no % column) for a kind not listed.
     """
+    if device is not None and device.platform != "cpu":
+        kind = str(getattr(device, "device_kind", device.platform))
+        for name, (tflops, note) in ACCELERATOR_PEAKS.items():
+            if name.lower() in kind.lower():
+                return tflops * 1e12, note
+        return 0.0, f"no datasheet peak known for {kind!r}"
     info = _cpuinfo()
     flags = info.get("flags", "").split()
     lanes, isa = (16, "AVX-512") if "avx512f" in flags else (8, "AVX2+FMA") if "fma" in flags else (4, "SSE")
@@ -81,11 +96,15 @@ def machine_description() -> dict[str, str]:
         "cpu": f"{info.get('model name', platform.processor() or 'unknown')}, {os.cpu_count()} logical cores",
         "python": platform.python_version(),
         "jax / jaxlib": f"{jax.__version__}",
-        "jax devices": f"{jax.local_device_count()} x {jax.local_devices()[0].platform}",
+        "jax devices": f"{jax.local_device_count()} x {jax.local_devices()[0].platform} "
+                       f"({jax.local_devices()[0].device_kind})",
     }
     try:
         import torch  # pylint: disable=import-outside-toplevel
         description["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            description["torch"] += (f" on {torch.cuda.get_device_name(0)} (TF32 matmul "
+                                     f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32})")
     except ImportError:
         description["torch"] = "not installed"
     description["load average (1/5/15 min) at start"] = load_average()

@@ -150,12 +150,13 @@ def initial_class_values(config: ml_collections.ConfigDict, num_classes: int) ->
 def build_twin(config: ml_collections.ConfigDict, *, steps_per_epoch: int = 1, num_classes: Optional[int] = None,
                image_channels: Optional[int] = None, image_size: Optional[int] = None,
                num_threads: Optional[int] = None, dropout_rate: Optional[float] = None, compile: bool = False,
-               seed: int = 0) -> TorchTrainer:
+               seed: int = 0, device: str = "cpu") -> TorchTrainer:
     """A ``TorchTrainer`` for ``config`` (the same ConfigDict the flax trainer reads), torch-initialised.
 
     Sizes default to ``config.data`` (classes = len(class_names)). ``num_threads`` sets torch's intra-op
     threads (process-wide; do it here, not in tests). ``compile`` wraps IC1, IC2 and the classifier in
-    ``torch.compile`` in place (parameter names unchanged, so ``flax_to_torch`` still applies).
+    ``torch.compile`` in place (parameter names unchanged, so ``flax_to_torch`` still applies). ``device``
+    ("cpu", "cuda") holds the model and the per-class values; feed it batches on the same device.
     """
     if num_threads:
         torch.set_num_threads(int(num_threads))
@@ -163,17 +164,17 @@ def build_twin(config: ml_collections.ConfigDict, *, steps_per_epoch: int = 1, n
     num_classes = int(num_classes or len(config.data.class_names))
     image_channels = int(image_channels or config.data.channels)
     size = int(image_size or config.data.image_size)
-    model = build_fld_model(config.model, num_classes, image_channels, (size, size), dropout_rate)
+    model = build_fld_model(config.model, num_classes, image_channels, (size, size), dropout_rate).to(device)
     if compile:
         for module in (model.ic1, model.ic2, model.classifier):
             if isinstance(module, nn.Module):
                 module.compile()
-    class_epsilon, class_beta = initial_class_values(config, num_classes)
+    class_epsilon, class_beta = (values.to(device) for values in initial_class_values(config, num_classes))
     return TorchTrainer(model, StepSettings.from_config(config), config.optim, int(config.train.num_epochs),
                         int(steps_per_epoch), class_epsilon, class_beta)
 
 
-def batch_from_numpy(images: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
-    """A flax-side batch (images float32 [B,H,W,C], labels [B]) as the twin's NCHW tensors."""
+def batch_from_numpy(images: np.ndarray, labels: np.ndarray, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A flax-side batch (images float32 [B,H,W,C], labels [B]) as the twin's NCHW tensors on ``device``."""
     image = torch.from_numpy(np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2)))
-    return {"image": image, "label": torch.from_numpy(np.asarray(labels, np.int64))}
+    return {"image": image.to(device), "label": torch.from_numpy(np.asarray(labels, np.int64)).to(device)}

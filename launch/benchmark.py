@@ -30,6 +30,8 @@ _COMPILE_KS = flags.DEFINE_list("compile_ks", ["5", "10", "20", "40"], "K values
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Forced host device counts for the pmap table.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls per contender (the first compiles).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed alternating rounds; medians are reported.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "Where the PyTorch twin runs: cpu, or cuda beside JAX "
+                                    "on a GPU (README, 'On a GPU or TPU').")
 _OUT = flags.DEFINE_string("out", "", "Also write the markdown here.")
 
 
@@ -49,7 +51,8 @@ def main(argv) -> None:
         attack_steps=_ATTACK_STEPS.value,
         compile_ks=[] if _QUICK.value else [int(k) for k in _COMPILE_KS.value],
         device_counts=[] if _QUICK.value else [int(n) for n in _DEVICES.value],
-        warmup=_WARMUP.value, rounds=_ROUNDS.value, log=lambda line: print(line, file=sys.stderr, flush=True))
+        warmup=_WARMUP.value, rounds=_ROUNDS.value, log=lambda line: print(line, file=sys.stderr, flush=True),
+        torch_device=_TORCH_DEVICE.value)
     text = report.markdown(results, "python " + " ".join(sys.argv))
     print(text)
     if _OUT.value:

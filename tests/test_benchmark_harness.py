@@ -28,6 +28,18 @@ def test_peak_flops_names_how_it_was_derived():
     assert peak >= 0 and "cores x" in note and "FLOP/cycle" in note
 
 
+def test_an_accelerator_peak_comes_from_its_datasheet_by_device_kind():
+    class Device:  # the two attributes peak_flops reads from a jax.Device
+        def __init__(self, platform, device_kind):
+            self.platform, self.device_kind = platform, device_kind
+
+    peak, note = timing.peak_flops(Device("gpu", "NVIDIA H200"))
+    assert peak == 67e12 and "H200" in note and "datasheet" in note
+    peak, note = timing.peak_flops(Device("tpu", "TPU v9"))
+    assert peak == 0 and "TPU v9" in note  # no % column rather than a wrong one
+    assert "cores x" in timing.peak_flops(Device("cpu", "cpu"))[1]
+
+
 def test_report_has_one_row_per_measurement_and_the_ratios():
     results = {
         "machine": {"cpu": "test cpu"}, "settings": {"batch": 32}, "peak_flops": 100e9, "peak_note": "n",

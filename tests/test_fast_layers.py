@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_fld.models import conv, pooling
+from flax_fld.models import conv, layer_forms, pooling
 
 
 @pytest.mark.parametrize("size, channels_in, features, strides, kernel, padding, dilation, patches", [
@@ -110,3 +110,30 @@ def test_padding_helpers_give_the_documented_output_sizes(size, window, stride):
     assert (size + before + after - window) // stride + 1 == -(-size // stride)
     _, extra = pooling.ceil_mode_pads(size, window, stride)
     assert (size + extra - window) // stride + 1 == -(-max(size - window, 0) // stride) + 1
+
+
+def test_layer_forms_follow_the_environment_and_reject_an_unknown_choice(monkeypatch):
+    monkeypatch.delenv(layer_forms.ENV, raising=False)
+    assert layer_forms.use_cpu_forms() == (jax.default_backend() == "cpu")
+    for choice, expected in (("cpu", True), ("plain", False), ("AUTO", jax.default_backend() == "cpu")):
+        monkeypatch.setenv(layer_forms.ENV, choice)
+        assert layer_forms.use_cpu_forms() == expected
+    monkeypatch.setenv(layer_forms.ENV, "gpu")
+    with pytest.raises(ValueError, match="FLAX_FLD_LAYER_FORMS='gpu'"):
+        layer_forms.use_cpu_forms()
+
+
+@pytest.mark.parametrize("choice, rewritten", [("cpu", True), ("plain", False)])
+def test_plain_forms_are_xla_ops_with_the_same_values_and_gradients(monkeypatch, choice, rewritten):
+    # What an accelerator runs (auto off the CPU): the rewrites' custom VJPs are gone, the results are not.
+    monkeypatch.setenv(layer_forms.ENV, choice)
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+    layers = lambda x, k: jnp.sum(jnp.sin(pooling.max_pool(conv.conv2d(x, k, (1, 1), ((1, 1), (1, 1))), (3, 3),  # noqa: E731
+                                                           (2, 2), ((0, 1), (0, 1)))))
+    reference = lambda x, k: jnp.sum(jnp.sin(nn.max_pool(jax.lax.conv_general_dilated(  # noqa: E731
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=conv.DIMENSIONS), (3, 3), (2, 2), ((0, 1), (0, 1)))))
+    assert ("custom_vjp_call" in str(jax.make_jaxpr(layers)(x, kernel))) == rewritten
+    np.testing.assert_allclose(jax.jit(layers)(x, kernel), reference(x, kernel), rtol=1e-5)
+    chex.assert_trees_all_close(jax.jit(jax.grad(layers, argnums=(0, 1)))(x, kernel),
+                                jax.grad(reference, argnums=(0, 1))(x, kernel), rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@
   (``lhs_dilation``) gradient, 5-30x slower (ResNet's 7x7/2 stem: ~58 ms per attack step at batch 32,
   ~2 ms here). ``input_gradient`` is one unit-stride convolution with HWIO labels instead.
 Kernel gradients are JAX's own rule (the attack loop never asks for them, and XLA drops them there).
+Off the CPU backend (``layer_forms``) ``conv2d`` is XLA's convolution with JAX's rules: cuDNN needs no help.
 ``Conv`` is ``nn.Conv``'s drop-in (same ``kernel``/``bias`` names, shapes and initialisers), so checkpoints
 and parameter counts do not change. NHWC images, HWIO kernels throughout.
 """
@@ -27,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from flax_fld.models import layer_forms
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -161,10 +164,13 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
     """``lax.conv_general_dilated(x [B,H,W,Cin], kernel [kh,kw,Cin,Cout])`` -> ``[B,H',W',Cout]``.
 
     Where ``use_patches`` says so it takes the matrix-product forms above; otherwise undilated kernels with
-    pads in [0, k - 1] take ``input_gradient``, and anything else JAX's own rules.
+    pads in [0, k - 1] take ``input_gradient``, and anything else JAX's own rules. Off the CPU backend
+    (``layer_forms.use_cpu_forms``) it is always the plain convolution.
     """
     strides, dilation = tuple(strides), tuple(dilation)
     pads = tuple(tuple(p) for p in pads)
+    if not layer_forms.use_cpu_forms():
+        return _plain_conv(x, kernel, strides, pads, dilation)
     out = [_output_size(x.shape[1 + i], kernel.shape[i], strides[i], pads[i], dilation[i]) for i in range(2)]
     if use_patches(out, kernel.shape):
         return _patches_product_conv(x, kernel, strides, pads, dilation)

@@ -13,7 +13,8 @@ Ties: where several inputs share a window's maximum, the first of them (in the w
 whole gradient, as ``select_and_scatter`` does along one axis; across the two separable passes the order
 is columns first, then rows, where ``select_and_scatter`` scans rows first. In these networks the pooled
 values come out of a ReLU, and a tie of positive values has probability zero, while a tie at zero meets
-the ReLU's zero derivative either way.
+the ReLU's zero derivative either way. Off the CPU backend (``layer_forms``) ``max_pool`` is XLA's
+``reduce_window`` with JAX's gradient, which a GPU runs well.
 """
 
 import functools
@@ -23,6 +24,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from flax_fld.models import layer_forms
 
 
 def _window_terms(x: jax.Array, axis: int, window: int, stride: int, pads: tuple[int, int]):
@@ -82,6 +85,9 @@ max_pool_1d.defvjp(_pool_fwd, _pool_bwd)
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
              pads: Sequence[tuple[int, int]]) -> jax.Array:
     """``nn.max_pool(x, window, strides, padding=pads)`` on [B,H,W,C] with explicit ((top, bottom), (left, right))."""
+    if not layer_forms.use_cpu_forms():
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                                 ((0, 0), *map(tuple, pads), (0, 0)))
     x = max_pool_1d(x, 1, window[0], strides[0], tuple(pads[0]))
     return max_pool_1d(x, 2, window[1], strides[1], tuple(pads[1]))
 
