@@ -1,7 +1,9 @@
 """Times configs/default.py's pmapped train step (1 device, batch 32, one fixed batch) in the checkout on
 PYTHONPATH, so that two checkouts can be compared in alternating fresh processes:
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=1 PYTHONPATH=TREE python benchmarks/demo_step.py TREE 8
+  XLA_FLAGS=--xla_force_host_platform_device_count=1 PYTHONPATH=TREE python benchmarks/demo_step.py TREE 8 [K]
+
+An optional third argument sets the attack's K (configs/default.py: 3; the benchmark's FLD + TRADES row: 10).
 
 Prints one JSON line: warm-up seconds (2 steps, the first compiles), and the median wall and CPU milliseconds
 per step over the given number of steps, with the 1-minute load average.
@@ -21,10 +23,12 @@ from flax_fld import config_files, train
 from flax_fld.models import fld
 
 
-def main(root: str, steps: int) -> dict:
+def main(root: str, steps: int, attack_steps: int = 0) -> dict:
     path = os.path.join(root, "configs", "default.py")
     config = (config_files.load_config(path) if hasattr(config_files, "load_config")  # older checkouts differ
               else config_files.load_sibling_config(path, "default.py"))
+    if attack_steps:
+        config.adv.num_steps = attack_steps
     model = fld.create_fld_model(config.model, 4, 1)
     state = train.replicate(train.create_train_state(config, model, (64, 64, 1), jax.random.key(0), 20))
     rng = np.random.default_rng(0)
@@ -43,9 +47,9 @@ def main(root: str, steps: int) -> dict:
         jax.block_until_ready(metrics)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-    return {"root": root, "warmup_s": round(warmup, 1), "wall_ms": round(1000 * float(np.median(walls)), 1),
+    return {"root": root, "K": int(config.adv.num_steps), "warmup_s": round(warmup, 1), "wall_ms": round(1000 * float(np.median(walls)), 1),
             "cpu_ms": round(1000 * float(np.median(cpus)), 1), "load": round(os.getloadavg()[0], 2)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]))), flush=True)
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:4]))), flush=True)

@@ -139,6 +139,28 @@ def test_attack_functions_fixed_features_versus_end_to_end(full):
     assert not np.allclose(fixed, end_to_end)
 
 
+@pytest.mark.parametrize("classifier", ["squeezenet1_1", "resnet18"])
+def test_classifier_reads_channel_parts_as_their_concatenation_in_values_and_image_gradients(classifier):
+    # The attack feeds x_c as (features, Y_c(x')) to such a classifier: the same logits and image gradient.
+    model = fld.create_fld_model(model_config(classifier=classifier), CLASSES, image_channels=1)
+    assert model.classifier.takes_channel_parts
+    variables = synthetic_fld_variables(model, (SIZE, SIZE, 1))
+    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
+    decoupled, _ = fld.decouple(model, variables, images, train=False)
+    parts = fld.classifier_input_parts(model, images, decoupled)
+    assert [part.shape[-1] for part in parts] == [2 * FEATURES, 3]
+
+    def objective(x, make_input):
+        logits, _ = fld.classify(model, variables, make_input(model, x, decoupled), train=False)
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+    whole, as_parts = (jax.jit(jax.value_and_grad(objective), static_argnums=1)(images, make_input)
+                       for make_input in (fld.classifier_input, fld.classifier_input_parts))
+    np.testing.assert_allclose(as_parts[0], whole[0], rtol=1e-5)
+    np.testing.assert_allclose(as_parts[1], whole[1], rtol=1e-4, atol=1e-6)
+    assert np.any(whole[1] != 0)
+
+
 def test_baseline_has_no_decouplers():
     model = fld.create_fld_model(model_config(use_decouplers=False, classifier="resnet18"), CLASSES, image_channels=3)
     variables = synthetic_fld_variables(model, (SIZE, SIZE, 3))

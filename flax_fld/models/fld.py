@@ -167,20 +167,32 @@ def classifier_input(model: FLDModel, x: jax.Array, decoupled: Decoupled) -> jax
     With ``model.standardize_features`` the features are standardised (``standardize``); with
     ``model.detach_features`` no gradient flows from the classifier back into IC1/IC2.
     """
+    parts = classifier_input_parts(model, x, decoupled)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def classifier_input_parts(model: FLDModel, x: jax.Array, decoupled: Decoupled) -> tuple[jax.Array, ...]:
+    """x_c as its channel parts: ``(features [B,H,W,2F], Y_c(x) [B,H,W,Cc])``, or ``(Y_c(x),)`` in baseline mode.
+
+    A classifier whose stem reads a tuple as its concatenation (``takes_channel_parts``) convolves each part
+    apart, so in the attack, where only Y_c(x') changes, XLA computes the features' share of the stem once,
+    outside the loop, and each step convolves and differentiates 3 channels instead of 2F + 3.
+    """
     color_image = color.color_transform(x, model.color_space)
     if decoupled.feat1 is None:
-        return color_image
+        return (color_image,)
     features = jnp.concatenate([decoupled.feat1, decoupled.feat2], axis=-1)
     if model.detach_features:
         features = jax.lax.stop_gradient(features)
     if model.standardize_features:
         features = standardize(features)
-    return jnp.concatenate([features, color_image], axis=-1)
+    return features, color_image
 
 
-def classify(model: FLDModel, variables: dict, x_c: jax.Array, *, train: bool,
+def classify(model: FLDModel, variables: dict, x_c: jax.Array | tuple[jax.Array, ...], *, train: bool,
              dropout_rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
-    """Classifier f: x_c [B,H,W,2F+Cc] -> (logits [B,K], batch_stats {'classifier': ...}).
+    """Classifier f: x_c [B,H,W,2F+Cc] (or its parts, for a classifier that ``takes_channel_parts``) ->
+    (logits [B,K], batch_stats {'classifier': ...}).
 
     Train mode needs `dropout_rng` for classifiers with dropout (squeezenet1_1, vit).
     """
@@ -200,14 +212,17 @@ def attack_logits_fn(model: FLDModel, variables: dict, decoupled: Decoupled, *,
 
     end_to_end=False (Fig. 2): the decoupled features of the clean image are held fixed and only the image
     part Y_c(x') of x_c is perturbed. end_to_end=True: IC1/IC2 (eval mode) recompute the features from x'.
+    A classifier that ``takes_channel_parts`` receives x_c as its parts (``classifier_input_parts``).
     """
+    as_parts = getattr(model.classifier, "takes_channel_parts", False)
 
     def logits_fn(x_perturbed: jax.Array) -> jax.Array:
         if end_to_end:
             current, _ = decouple(model, variables, x_perturbed, train=False)
         else:
             current = jax.lax.stop_gradient(decoupled)
-        logits, _ = classify(model, variables, classifier_input(model, x_perturbed, current), train=False)
+        x_c = (classifier_input_parts if as_parts else classifier_input)(model, x_perturbed, current)
+        logits, _ = classify(model, variables, x_c, train=False)
         return logits
 
     return logits_fn

@@ -10,7 +10,7 @@ All modules take NHWC inputs [B, H, W, C] with any C and any H, W >= 32, and ret
 """
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -131,9 +131,11 @@ class ResNet(nn.Module):
     reduction: int = 16
     spatial_kernel: int = 7
     width: int = 64
+    # x may also be a tuple of [B,H,W,C_i] channel parts: the stem's conv.Conv reads them as their concatenation.
+    takes_channel_parts: ClassVar[bool] = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array | tuple[jax.Array, ...], train: bool) -> jax.Array:
         # conv.Conv: nn.Conv's result; its input gradient (every attack step) avoids XLA's lhs-dilated form.
         x = Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))

@@ -10,7 +10,7 @@ network without it reaches ~60% validation accuracy in four epochs). The scores 
 NHWC in, logits [B, K] out.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -86,9 +86,11 @@ class SqueezeNet(nn.Module):
     num_classes: int
     dropout_rate: float = 0.5
     batch_norm: bool = False
+    # x may also be a tuple of [B,H,W,C_i] channel parts: the stem's conv.Conv reads them as their concatenation.
+    takes_channel_parts: ClassVar[bool] = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array | tuple[jax.Array, ...], train: bool) -> jax.Array:
         bn = self.batch_norm
         x = ConvReLU(64, 3, strides=2, padding="VALID", batch_norm=bn, name="stem")(x, train)
         x = max_pool_ceil(x)
