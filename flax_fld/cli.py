@@ -100,6 +100,16 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(f"error: bad config override ({message}); overrides given: {given or 'none'}")
 
 
+def check_environment() -> None:
+    """Exits with one line when an environment variable this package reads has a value it does not know."""
+    from flax_fld.models import layer_forms
+
+    try:
+        layer_forms.choice()
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+
+
 def run_main(main: Callable[[list[str]], None], *, default_config: str | None = None,
              compilation_cache: bool = True) -> None:
     """``absl.app.run(main)`` with one-line config override errors, quiet logging and (unless
@@ -118,6 +128,7 @@ def run_main(main: Callable[[list[str]], None], *, default_config: str | None = 
         return _parse_flags(argv)
 
     def prepared_main(argv: list[str]) -> None:
+        check_environment()
         quiet_library_logging()
         if compilation_cache:
             enable_compilation_cache()

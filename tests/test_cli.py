@@ -94,3 +94,12 @@ def test_eta_is_the_mean_duration_times_what_is_left():
     assert progress.eta_seconds([60.0], 0) == 0.0
     assert progress.progress_note(90.0, [60.0, 120.0], 1, unit="epoch") == \
         "1m30s elapsed, ETA 1m30s (1m30s per epoch, 1 epoch left)"
+
+
+def test_an_unknown_layer_forms_value_stops_a_launch_script_with_one_line(monkeypatch):
+    monkeypatch.setenv("FLAX_FLD_LAYER_FORMS", "gpu")
+    with pytest.raises(SystemExit) as stopped:
+        cli.check_environment()
+    assert stopped.value.code == "error: FLAX_FLD_LAYER_FORMS='gpu'; expected one of auto, cpu, plain"
+    monkeypatch.setenv("FLAX_FLD_LAYER_FORMS", "plain")
+    cli.check_environment()  # a known value passes

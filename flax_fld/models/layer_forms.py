@@ -17,11 +17,17 @@ ENV = "FLAX_FLD_LAYER_FORMS"
 CHOICES = ("auto", "cpu", "plain")
 
 
+def choice() -> str:
+    """``FLAX_FLD_LAYER_FORMS`` checked (ValueError naming it), without touching the backend: launch scripts
+    call this before ``jax.distributed`` may initialise, so a typo stops them at once, not at the first trace."""
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV}={value!r}; expected one of {', '.join(CHOICES)}")
+    return value
+
+
 def use_cpu_forms() -> bool:
     """True where the layers should take their CPU rewrites (``FLAX_FLD_LAYER_FORMS``, else the backend)."""
-    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise ValueError(f"{ENV}={choice!r}; expected one of {', '.join(CHOICES)}")
-    if choice == "auto":
+    if (chosen := choice()) == "auto":
         return jax.default_backend() == "cpu"
-    return choice == "cpu"
+    return chosen == "cpu"
