@@ -47,8 +47,8 @@ def main(root: str, steps: int, attack_steps: int = 0) -> dict:
         jax.block_until_ready(metrics)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-    return {"root": root, "K": int(config.adv.num_steps), "warmup_s": round(warmup, 1), "wall_ms": round(1000 * float(np.median(walls)), 1),
-            "cpu_ms": round(1000 * float(np.median(cpus)), 1), "load": round(os.getloadavg()[0], 2)}
+    return {"root": root, "K": int(config.adv.num_steps), "warmup_s": round(warmup, 1),
+            "wall_ms": round(1000 * float(np.median(walls)), 1), "cpu_ms": round(1000 * float(np.median(cpus)), 1), "load": round(os.getloadavg()[0], 2)}
 
 
 if __name__ == "__main__":

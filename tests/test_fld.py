@@ -159,6 +159,11 @@ def test_classifier_reads_channel_parts_as_their_concatenation_in_values_and_ima
     np.testing.assert_allclose(as_parts[0], whole[0], rtol=1e-5)
     np.testing.assert_allclose(as_parts[1], whole[1], rtol=1e-4, atol=1e-6)
     assert np.any(whole[1] != 0)
+    # And the attack takes that path: its logits never build the concatenated [B,H,W,2F+3] input.
+    logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=False)
+    assert f"f32[2,{SIZE},{SIZE},{2 * FEATURES + 3}]" not in str(jax.make_jaxpr(logits_fn)(images))
+    assert f"f32[2,{SIZE},{SIZE},{2 * FEATURES + 3}]" in str(jax.make_jaxpr(
+        lambda x: fld.classifier_input(model, x, decoupled))(images))  # what the check looks for, when it is there
 
 
 def test_baseline_has_no_decouplers():
