@@ -72,6 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
     # training from the first step cost 4 points of test average on the benchmark (issue 9 diagnosis).
     adv.start_epoch = 3
     adv.through_decouplers = False  # True: perturb x before IC1/IC2 (end-to-end); False: Fig. 2, features held fixed.
+    # Where x' lives: image (x' is an image; see through_decouplers) | classifier_input (every channel of
+    # x_c = cat(Feat1, Feat2, Y_c) moves inside the ball, Algorithm 1's max KL(f(x_c), f(x')) read literally).
+    adv.attack_space = "image"
+    # Start of the inner max: small (TRADES: x + 0.001 N(0,1)) | uniform (anywhere in the ball; with
+    # num_steps=1 and step_size ~1.25 epsilon this is fast adversarial training, Wong et al. 2020).
+    adv.random_start = "small"
     adv.eval_epsilon = 8 / 255  # PGD-CE evaluation radius.
     adv.eval_steps = 5  # PGD-CE evaluation steps (PGD-20 in paper.py; end-to-end PGD costs ~2.5 s/step/64 images on CPU).
     adv.eval_step_size = 2 / 255  # PGD-CE evaluation step.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -191,6 +192,92 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_RADIUS = re.compile(r"^pgd\d+_linf_([0-9.]+)/255$")  # end-to-end PGD entries (evaluate.attack_name)
+
+
+def robust_curves(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[float, dict]]:
+    """``{method: {radius in 1/255: robust Average {mean, std, n}}}`` from the end-to-end PGD entries of each
+    result's summary (``launch/eval.py --epsilons`` adds one per radius); methods with fewer than two radii
+    are left out."""
+    curves = {}
+    for result in results:
+        points = {float(match.group(1)): stats["average"]
+                  for attack, stats in result["summary"].get("robust", {}).items()
+                  if (match := _RADIUS.match(attack))}
+        if len(points) >= 2:
+            curves[result["method"]] = dict(sorted(points.items()))
+    return curves
+
+
+def format_robust_curve_table(curves: Mapping[str, Mapping[float, Mapping[str, float]]]) -> str:
+    """Markdown: one row per method, robust Average (mean ± std over seeds) at each radius."""
+    radii = sorted({radius for points in curves.values() for radius in points})
+    header = ["Method"] + [f"{radius:g}/255" for radius in radii]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * len(radii)) + "|"]
+    for method, points in curves.items():
+        lines.append("| " + " | ".join([method] + [_cell(points[r]) if r in points else "–" for r in radii]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_difference(first: Mapping[str, float], second: Mapping[str, float], confidence: float = 0.95) -> dict:
+    """Mean of ``second[seed] - first[seed]`` over the seeds both hold, with its two-sided t interval.
+
+    Pairing by seed removes what two rows of one seed share (the split, the initialisation of the common
+    parts, the data order), so the interval measures the change alone. ``{mean, low, high, n, seeds}``;
+    with one pair the interval is unbounded (nan).
+    """
+    seeds = sorted(set(first) & set(second), key=str)
+    differences = np.asarray([second[seed] - first[seed] for seed in seeds], np.float64)
+    if differences.size == 0:
+        raise ValueError("paired_difference: the two rows share no seed")
+    mean = float(differences.mean())
+    if differences.size < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": 1, "seeds": seeds}
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+
+    half = float(stats.t.ppf(0.5 + confidence / 2, differences.size - 1)
+                 * differences.std(ddof=1) / np.sqrt(differences.size))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(differences.size), "seeds": seeds}
+
+
+def run_figures(run_reports: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, float]:
+    """``{seed: figure}`` of one row: ``average``, ``best_worst``, or ``robust:<attack>`` (its Average)."""
+    if key.startswith("robust:"):
+        attack = key.split(":", 1)[1]
+        return {seed: r["robust"][attack]["average"] for seed, r in run_reports.items() if attack in r.get("robust", {})}
+    return {seed: r[key] for seed, r in run_reports.items()}
+
+
+def row_reports(row_directory: str) -> dict[str, dict]:
+    """``{seed: eval.json}`` of one ablation row directory (``WORKDIR/<backbone>/<row>``, runs ``seed_<s>``)."""
+    reports = {}
+    for name in sorted(os.listdir(row_directory)) if os.path.isdir(row_directory) else ():
+        path = os.path.join(row_directory, name, "eval.json")
+        if name.startswith("seed_") and os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                reports[name[len("seed_"):]] = json.load(handle)
+    if not reports:
+        raise ValueError(f"{row_directory}: no seed_<s>/eval.json (an ablation row directory was expected)")
+    return reports
+
+
+def format_paired_comparison(first: Mapping[str, Mapping[str, Any]], second: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: each figure's mean per row and the paired difference (second - first) with its 95 % interval,
+    for Average, Best-Worst and the robust entries both rows hold; ``first``/``second`` are ``row_reports``."""
+    shared = [attack for attack in next(iter(first.values())).get("robust", {})
+              if all(attack in r.get("robust", {}) for r in (*first.values(), *second.values()))]
+    lines = ["| Figure | First | Second | Second - first (95 % interval) | Seeds |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for key in ["average", "best_worst"] + [f"robust:{attack}" for attack in shared]:
+        a, b = run_figures(first, key), run_figures(second, key)
+        difference = paired_difference(a, b)
+        interval = (f"{difference['mean']:+.2f} [{difference['low']:+.2f}, {difference['high']:+.2f}]"
+                    if difference["n"] > 1 else f"{difference['mean']:+.2f}")
+        lines.append(f"| {key} | {np.mean(list(a.values())):.2f} | {np.mean(list(b.values())):.2f} | {interval} | "
+                     f"{', '.join(difference['seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(workdir: str, results: Sequence[Mapping[str, Any]], seeds: Sequence[int],
                   command: str) -> tuple[str, str]:
     """Writes WORKDIR/ablation.md and WORKDIR/ablation.json (atomically, so a crash never leaves half)."""
@@ -202,6 +289,13 @@ def write_outputs(workdir: str, results: Sequence[Mapping[str, Any]], seeds: Seq
         + f"Written {datetime.datetime.now().isoformat(timespec='seconds')}. Each cell: mean ± sample std over "
         f"seeds {list(seeds)} (runs per cell: {', '.join(map(str, counts))}), test split, percent. Arrows compare "
         "the mean Average with the group's baseline; bold is the group's best Average.\n\n" + table)
+    curves = robust_curves(results)
+    if curves:
+        from flax_fld import plots  # matplotlib only when there is a curve to draw
+
+        markdown += ("\n## Robust Average against the radius (PGD-CE, end to end)\n\n"
+                     + format_robust_curve_table(curves) + "\n![robust curves](robust_curves.png)\n")
+        plots.plot_robust_curves(curves, os.path.join(workdir, "robust_curves.png"))
     payload = {"command": command, "seeds": list(seeds), "results": list(results)}
     return (write_text_atomically(os.path.join(workdir, "ablation.md"), markdown),
             write_json_atomically(os.path.join(workdir, "ablation.json"), payload))

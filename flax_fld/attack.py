@@ -7,9 +7,13 @@ example's gradient is then its own and per-example radii are exact.
 
 Radii and step sizes are python floats, scalar arrays, or per-example ``[B]`` arrays (per-class values from
 Eq. 1 gathered by label); they broadcast over H, W, C.
+
+The attacks work on images in [0, 1] by default; ``valid_range=None`` drops that box, for an attack in the
+classifier's input space x_c, whose standardised feature channels have no fixed range.
 """
 
 from collections.abc import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +34,24 @@ def per_example(name: str, value: float | jax.Array, x: jax.Array) -> jax.Array:
     return value.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def project(x_adv: jax.Array, x: jax.Array, epsilon: jax.Array) -> jax.Array:
-    """Projects ``x_adv`` onto the L-inf ball of radius ``epsilon`` around ``x``, then clips to [0, 1].
+ValidRange = Optional[tuple[float, float]]
+RANDOM_STARTS = ("small", "uniform")
+
+
+def project(x_adv: jax.Array, x: jax.Array, epsilon: jax.Array, valid_range: ValidRange = (0.0, 1.0)) -> jax.Array:
+    """Projects ``x_adv`` onto the L-inf ball of radius ``epsilon`` around ``x``, then clips to ``valid_range``.
 
     Args:
         x_adv: ``[B, H, W, C]``.
-        x: ``[B, H, W, C]`` clean images.
+        x: ``[B, H, W, C]`` clean inputs.
         epsilon: scalar or broadcastable radius (``[B, 1, 1, 1]``).
+        valid_range: ``(low, high)`` of a valid input (images: [0, 1]); None: the ball alone.
 
     Returns:
         ``[B, H, W, C]``.
     """
-    return jnp.clip(jnp.clip(x_adv, x - epsilon, x + epsilon), 0.0, 1.0)
+    x_adv = jnp.clip(x_adv, x - epsilon, x + epsilon)
+    return x_adv if valid_range is None else jnp.clip(x_adv, *valid_range)
 
 
 def _sign_ascent(
@@ -51,12 +61,13 @@ def _sign_ascent(
     epsilon: jax.Array,
     step_size: jax.Array,
     num_steps: int,
+    valid_range: ValidRange = (0.0, 1.0),
 ) -> jax.Array:
     """``num_steps`` of ``x_adv <- project(x_adv + step_size * sign(grad objective(x_adv)))``."""
     grad_fn = jax.grad(objective)
 
     def step(_, x_adv):
-        return project(x_adv + step_size * jnp.sign(grad_fn(x_adv)), x, epsilon)
+        return project(x_adv + step_size * jnp.sign(grad_fn(x_adv)), x, epsilon, valid_range)
 
     return jax.lax.fori_loop(0, num_steps, step, x_start)
 
@@ -74,15 +85,20 @@ def trades_pgd(
     step_size: float | jax.Array,
     num_steps: int,
     key: jax.Array,
+    random_start: str = "small",
+    valid_range: ValidRange = (0.0, 1.0),
 ) -> jax.Array:
     """The inner maximisation of Eq. 3: ``x' = argmax_{|x' - x|_inf <= epsilon_i} KL(f(x) || f(x'))``.
 
     As in TRADES: start at ``x + 0.001 * N(0, 1)``, then take ``num_steps`` signed-gradient ascent steps on
     the KL (summed over classes and batch, so each example ascends its own KL), projecting after every step
-    onto the example's own L-inf ball and into [0, 1]. The clean distribution ``f(x)`` is computed once and
-    held constant. Unlike TRADES the random start is projected too, so every iterate (also with
+    onto the example's own L-inf ball and into ``valid_range``. The clean distribution ``f(x)`` is computed
+    once and held constant. Unlike TRADES the random start is projected too, so every iterate (also with
     ``num_steps=0``) is a valid image: B-mode images have many exactly-black pixels that noise would push
     below zero.
+
+    ``random_start="uniform"`` starts anywhere in the ball instead, as Wong et al. (2020) make a one-step
+    attack usable for training ("fast adversarial training": one step of ~1.25 epsilon from a uniform start).
 
     Args:
         logits_fn: ``[B, H, W, C] -> [B, K]``, evaluated in inference mode.
@@ -91,11 +107,15 @@ def trades_pgd(
         step_size: ascent step, scalar or per-example ``[B]``.
         num_steps: number of ascent steps (a python int; the loop is a ``lax.fori_loop``).
         key: PRNG key for the random start.
+        random_start: ``small`` (TRADES: 0.001 N(0, 1)) or ``uniform`` (uniform in the ball).
+        valid_range: ``(low, high)`` of a valid input, or None for the ball alone.
 
     Returns:
         ``x'``, ``[B, H, W, C]`` with gradients stopped (the outer minimisation treats it as data).
     """
     _check_steps(num_steps)
+    if random_start not in RANDOM_STARTS:
+        raise ValueError(f"attack.trades_pgd: random_start={random_start!r}; expected one of {RANDOM_STARTS}")
     x = jax.lax.stop_gradient(x)
     epsilon = per_example("epsilon", epsilon, x)
     step_size = per_example("step_size", step_size, x)
@@ -104,8 +124,12 @@ def trades_pgd(
     def objective(x_adv):
         return jnp.sum(losses.kl_divergence(logits_clean, logits_fn(x_adv)))
 
-    x_start = project(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), x, epsilon)
-    x_adv = _sign_ascent(objective, x, x_start, epsilon, step_size, num_steps)
+    if random_start == "uniform":
+        noise = epsilon * jax.random.uniform(key, x.shape, x.dtype, minval=-1.0, maxval=1.0)
+    else:
+        noise = 0.001 * jax.random.normal(key, x.shape, x.dtype)
+    x_start = project(x + noise, x, epsilon, valid_range)
+    x_adv = _sign_ascent(objective, x, x_start, epsilon, step_size, num_steps, valid_range)
     return jax.lax.stop_gradient(x_adv)
 
 

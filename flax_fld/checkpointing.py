@@ -251,7 +251,8 @@ RESUMABLE_KEYS = (
 
 # Run-defining keys added after runs were already written, with the value an older run implicitly used: a
 # workdir whose config.json lacks one resumes as long as the new config keeps that value.
-ADDED_KEYS = {"data.split_fractions": [0.7, 0.15, 0.15], "data.split_seed": 0, "data.patient_regex": ""}
+ADDED_KEYS = {"data.split_fractions": [0.7, 0.15, 0.15], "data.split_seed": 0, "data.patient_regex": "",
+              "adv.attack_space": "image", "adv.random_start": "small"}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

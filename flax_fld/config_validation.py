@@ -13,6 +13,8 @@ from collections.abc import Callable
 import ml_collections
 
 from flax_fld import color, datasets, pretrained, weight_averaging
+from flax_fld.attack import RANDOM_STARTS
+from flax_fld.objective import ATTACK_SPACES
 from flax_fld.datasets import folder_split
 from flax_fld.models import registry
 from flax_fld.models.icfdnet import ICFDNET_PRESETS, NORMS
@@ -107,6 +109,8 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "adv.warmup_epochs": NON_NEGATIVE_INT,
     "adv.start_epoch": NON_NEGATIVE_INT,
     "adv.through_decouplers": _boolean,
+    "adv.attack_space": _one_of(ATTACK_SPACES),
+    "adv.random_start": _one_of(RANDOM_STARTS),
     "adv.eval_epsilon": UNIT,
     "adv.eval_steps": NON_NEGATIVE_INT,
     "adv.eval_step_size": UNIT,
@@ -181,6 +185,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if init_from and config.model.classifier == "squeezenet1_1" and config.model.get("squeezenet_batch_norm"):
         raise ValueError(f"config.model.init_from={init_from!r}: torchvision's SqueezeNet has no BatchNorm; "
                          "set config.model.squeezenet_batch_norm=False")
+    if config.adv.get("attack_space", "image") == "classifier_input" and config.adv.through_decouplers:
+        raise ValueError("config.adv.attack_space='classifier_input' perturbs x_c after the decouplers: "
+                         "expected config.adv.through_decouplers=False")
     robust_needed = config.train.weight_averaging == "fawa" or str(config.train.best_metric).startswith("robust_")
     if robust_needed and not config.train.validate_robust:
         raise ValueError(

@@ -9,7 +9,7 @@ have the fields of ``WORKDIR/eval.json`` (``metrics.class_report`` plus ``robust
 """
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -104,6 +104,17 @@ def confusion_matrices(
     return np.asarray(clean_total), (np.asarray(robust_total) if robust else None)
 
 
+def _split_batches(config: ml_collections.ConfigDict, data: input_pipeline.DataSource, split: str):
+    return input_pipeline.eval_batches(
+        data,
+        split=split,
+        per_device_batch_size=int(config.train.eval_batch_size),
+        local_device_count=jax.local_device_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
 def evaluate_split(
     model: fld.FLDModel,
     variables: dict,
@@ -129,16 +140,7 @@ def evaluate_split(
     Returns:
         ``metrics.class_report`` fields plus ``class_names``, ``split`` and ``robust`` ({} if not robust).
     """
-    def batches():
-        return input_pipeline.eval_batches(
-            data,
-            split=split,
-            per_device_batch_size=int(config.train.eval_batch_size),
-            local_device_count=jax.local_device_count(),
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-
+    batches = functools.partial(_split_batches, config, data, split)
     clean, adversarial = confusion_matrices(
         model, variables, batches(), adv_config=config.adv, robust=robust, seed=int(config.seed)
     )
@@ -157,3 +159,34 @@ def evaluate_split(
     report["class_names"] = class_names
     report["split"] = split
     return report
+
+
+def robust_curve(
+    model: fld.FLDModel,
+    variables: dict,
+    config: ml_collections.ConfigDict,
+    data: input_pipeline.DataSource,
+    *,
+    split: str,
+    epsilons: Sequence[float],
+) -> dict[str, dict]:
+    """Robust accuracy against the attack radius: ``{attack_name: class_report}``, one PGD-CE per radius.
+
+    Each radius runs ``adv.eval_steps`` steps of ``adv.eval_step_size * epsilon / adv.eval_epsilon`` (the
+    configured attack, scaled, so every radius is crossed in the same number of steps), under the threat
+    model of ``adv.eval_through_decouplers``. Keys are ``attack_name``'s, so the reports sit beside
+    ``evaluate_split``'s ``robust`` entries.
+
+    Args:
+        epsilons: L-inf radii in [0, 1] pixel units (e.g. ``(1/255, 2/255, 4/255, 8/255)``).
+    """
+    class_names = list(data.info.class_names)
+    curve = {}
+    for epsilon in epsilons:
+        adv = ml_collections.ConfigDict(config.adv.to_dict())
+        adv.eval_epsilon = float(epsilon)
+        adv.eval_step_size = float(config.adv.eval_step_size) * float(epsilon) / float(config.adv.eval_epsilon)
+        _, adversarial = confusion_matrices(model, variables, _split_batches(config, data, split), adv_config=adv,
+                                            robust=True, seed=int(config.seed))
+        curve[attack_name(adv)] = metrics.class_report(adversarial, class_names)
+    return curve

@@ -1,8 +1,10 @@
 """Evaluating a saved run (``launch/eval.py``): load a checkpoint, evaluate one split clean and under PGD-CE,
 optionally under the strong attacks, write eval.json, and say how far it got with the time elapsed."""
 
+import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flax_fld.progress import format_duration
@@ -45,3 +47,31 @@ def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test
     if "strong_robust" in report:
         text += "\n" + robust_eval.format_strong(report["strong_robust"], report["method"])
     return report, text
+
+
+def add_robust_curve(workdir: str, epsilons: Sequence[float], *, which: str = "best", split: str = "test",
+                     log: Callable[[str], Any] = print) -> dict:
+    """Adds PGD-CE at each radius of ``epsilons`` to the ``robust`` entries of WORKDIR's existing report.
+
+    The report (eval.json, or eval_<split>.json) keeps every other field (the selected epoch, the strong
+    evaluation); each radius is one entry named by ``evaluate.attack_name`` (``evaluate.robust_curve``).
+    Returns the updated report. ValueError: no report yet, or a missing or unreadable checkpoint.
+    """
+    from flax_fld import evaluate, input_pipeline, train
+    from flax_fld.atomic_files import write_json_atomically
+
+    path = os.path.join(workdir, "eval.json" if split == "test" else f"eval_{split}.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist: evaluate the run first (launch/eval.py without --epsilons)")
+    with open(path, encoding="utf-8") as handle:
+        report = json.load(handle)
+    config, model, variables, _ = train.load_for_inference(workdir, which=which)
+    data = input_pipeline.prepare_data_source(config.data, input_pipeline.resolve_data_dir(config.data, workdir))
+    started = time.monotonic()
+    curve = evaluate.robust_curve(model, variables, config, data, split=split, epsilons=epsilons)
+    for attack, attack_report in curve.items():
+        log(f"{split} split, {attack}: average {attack_report['average']:.2f}% "
+            f"| {format_duration(time.monotonic() - started)} elapsed")
+    report["robust"] = {**report.get("robust", {}), **curve}
+    write_json_atomically(path, report)
+    return report

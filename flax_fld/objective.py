@@ -30,16 +30,28 @@ class LossTerms(NamedTuple):
     batch_stats: dict  # running statistics after this batch's train-mode passes
 
 
+ATTACK_SPACES = ("image", "classifier_input")
+
+
 def adversarial_examples(model: fld.FLDModel, variables: dict, images: jax.Array, labels: jax.Array,
                          decoupled: fld.Decoupled, class_epsilon: jax.Array, key: jax.Array,
                          adv_config: ml_collections.ConfigDict) -> jax.Array:
-    """The inner max of Eq. 3: ``x' [B,H,W,C]`` within each example's radius ``class_epsilon[y]`` (Eq. 1).
+    """The inner max of Eq. 3 within each example's radius ``class_epsilon[y]`` (Eq. 1).
 
     ``attack.trades_pgd`` in eval mode (as TRADES attacks), on the running statistics from before this step;
     the step size scales with the radius (``adv.step_size * epsilon_y / adv.epsilon``), so every class takes
-    the same number of steps to cross its ball. Fig. 2's threat model (``adv.through_decouplers`` False)
-    holds ``decoupled``, the clean image's features that the loss also uses, fixed and perturbs only
-    ``Y_c(x')``; end to end, IC1/IC2 (eval mode) see x' too.
+    the same number of steps to cross its ball. ``adv.random_start`` picks TRADES' tiny start or a uniform
+    one (fast adversarial training).
+
+    ``adv.attack_space`` says where x' lives:
+      image: x' [B,H,W,C] in [0, 1]. Fig. 2's threat model (``adv.through_decouplers`` False) holds
+        ``decoupled``, the clean image's features that the loss also uses, fixed and perturbs only
+        ``Y_c(x')``; end to end, IC1/IC2 (eval mode) see x' too.
+      classifier_input: Algorithm 1's ``x' <- max KL(f(x_c), f(x'))`` read literally: every channel of
+        x_c = cat(Feat1, Feat2, Y_c(x)) moves inside the ball (no [0, 1] box: the features are not pixels).
+        Returned as the perturbation ``x'_c - x_c`` [B,H,W,2F+Cc], which the loss adds to its own x_c, so
+        the classifier's gradient still reaches IC1/IC2 through the clean features. No decoupler pass per
+        attack step.
 
     Args:
         model: the static FLD model. variables: ``{'params', 'batch_stats'}``.
@@ -48,23 +60,33 @@ def adversarial_examples(model: fld.FLDModel, variables: dict, images: jax.Array
         key: the random start's PRNG key. adv_config: ``config.adv``.
 
     Returns:
-        ``x'``, ``[B,H,W,C]`` in [0, 1], gradients stopped.
+        ``x'`` (image space) or ``x'_c - x_c`` (classifier-input space), gradients stopped.
     """
-    logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=bool(adv_config.through_decouplers))
     epsilon = class_epsilon[labels]
-    return attack.trades_pgd(logits_fn, images, epsilon, step_size=adv_config.step_size * epsilon / adv_config.epsilon,
-                             num_steps=int(adv_config.num_steps), key=key)
+    settings = dict(step_size=adv_config.step_size * epsilon / adv_config.epsilon, num_steps=int(adv_config.num_steps),
+                    key=key, random_start=str(adv_config.get("random_start", "small")))
+    if adv_config.get("attack_space", "image") == "classifier_input":
+        x_c = fld.classifier_input(model, images, jax.lax.stop_gradient(decoupled))
+
+        def logits_of_x_c(x_c_perturbed):
+            return fld.classify(model, variables, x_c_perturbed, train=False)[0]
+
+        x_c_adv = attack.trades_pgd(logits_of_x_c, x_c, epsilon, valid_range=None, **settings)
+        return jax.lax.stop_gradient(x_c_adv - x_c)
+    logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=bool(adv_config.through_decouplers))
+    return attack.trades_pgd(logits_fn, images, epsilon, **settings)
 
 
 def fld_loss(params: dict, decoupled: fld.Decoupled, batch_stats: dict, images: jax.Array, labels: jax.Array,
              x_adv: Optional[jax.Array], class_beta: jax.Array, dropout_keys: tuple[jax.Array, jax.Array], *,
              model: fld.FLDModel, loss_config: ml_collections.ConfigDict,
-             end_to_end: bool) -> tuple[jax.Array, LossTerms]:
+             end_to_end: bool, attack_space: str = "image") -> tuple[jax.Array, LossTerms]:
     """Eq. 4, ``L = l1 Lc + l2 Ls + l3 Lat``, for one batch, its decoupled features and its x'.
 
     Lc (Eq. 5) on IC2's reconstruction, Ls (BCE) on IC1's class head, both from ``decoupled``. The classifier
-    sees ``x_c = cat(Feat1, Feat2, Y_c(x))`` and ``x'_c`` (the clean features with ``Y_c(x')``, or IC1/IC2
-    re-run on x' when ``end_to_end``), and Lat is Eq. 3 with ``beta_y = class_beta[y]``. Both classifier
+    sees ``x_c = cat(Feat1, Feat2, Y_c(x))`` and ``x'_c`` (the clean features with ``Y_c(x')``, IC1/IC2
+    re-run on x' when ``end_to_end``, or ``x_c + x_adv`` in the classifier-input ``attack_space``), and Lat
+    is Eq. 3 with ``beta_y = class_beta[y]``. Both classifier
     passes move the running statistics, clean first, as TRADES' two train-mode forwards do. Without x'
     (adversarial training off), Lat is the clean cross-entropy. Differentiate with respect to ``params`` and
     ``decoupled``; ``loss_and_gradients`` carries the second into IC1/IC2.
@@ -72,10 +94,11 @@ def fld_loss(params: dict, decoupled: fld.Decoupled, batch_stats: dict, images: 
     Args:
         params, batch_stats: the trees ``{'ic1', 'ic2', 'classifier'}`` (only ``classifier`` in baseline mode).
         decoupled: IC1/IC2's train-mode outputs on ``images`` (all None in baseline mode).
-        images: ``[B,H,W,C]`` in [0, 1]. labels: int ``[B]``. x_adv: ``[B,H,W,C]`` or None.
+        images: ``[B,H,W,C]`` in [0, 1]. labels: int ``[B]``.
+        x_adv: ``adversarial_examples``' output (x' ``[B,H,W,C]``, or the perturbation of x_c), or None.
         class_beta: ``[K]`` (Eq. 2). dropout_keys: for the clean and the adversarial pass.
         model: static. loss_config: ``config.loss`` (l1, l2, l3, charbonnier_xi).
-        end_to_end: ``adv.through_decouplers``.
+        end_to_end: ``adv.through_decouplers``. attack_space: ``adv.attack_space``.
 
     Returns:
         ``(L, LossTerms)``; ``LossTerms.batch_stats`` holds the classifier's statistics.
@@ -91,9 +114,12 @@ def fld_loss(params: dict, decoupled: fld.Decoupled, batch_stats: dict, images: 
         logits_adv = logits_clean
         lat = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_clean, labels))
     else:
-        decoupled_adv = fld.decouple(model, variables, x_adv, train=True)[0] if end_to_end else decoupled
         after_clean_pass = {"params": params, "batch_stats": classifier_stats}
-        x_adv_c = fld.classifier_input(model, x_adv, decoupled_adv)
+        if attack_space == "classifier_input":
+            x_adv_c = x_c + x_adv
+        else:
+            decoupled_adv = fld.decouple(model, variables, x_adv, train=True)[0] if end_to_end else decoupled
+            x_adv_c = fld.classifier_input(model, x_adv, decoupled_adv)
         logits_adv, classifier_stats = fld.classify(model, after_clean_pass, x_adv_c, train=True,
                                                     dropout_rng=dropout_keys[1])
         lat, _ = losses.adaptive_trades_loss(logits_clean, logits_adv, labels, class_beta)
@@ -130,7 +156,8 @@ def loss_and_gradients(params: dict, batch_stats: dict, images: jax.Array, label
         x_adv = adversarial_examples(model, {"params": params, "batch_stats": batch_stats}, images, labels,
                                      decoupled, class_epsilon, attack_key, config.adv)
     loss_fn = functools.partial(fld_loss, model=model, loss_config=config.loss,
-                                end_to_end=bool(config.adv.through_decouplers))
+                                end_to_end=bool(config.adv.through_decouplers),
+                                attack_space=str(config.adv.get("attack_space", "image")))
     (loss, terms), (grads, feature_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         params, decoupled, batch_stats, images, labels, x_adv, class_beta, tuple(dropout_keys))
     grads = jax.tree.map(jnp.add, grads, pullback(feature_grads)[0])

@@ -165,6 +165,33 @@ def plot_confusion_matrix(confusion: Any, class_names: Sequence[str], path: str,
     return path
 
 
+def plot_robust_curves(curves: Mapping[str, Mapping[float, Mapping[str, float]]], path: str, *,
+                       title: str = "robust accuracy against the attack radius") -> str:
+    """Writes one line per method of robust Average (%) against the L-inf radius (in 1/255) as a PNG.
+
+    ``curves``: ``{method: {radius_in_255ths: {'mean', 'std', 'n'}}}``; the std over seeds is a band.
+    """
+    figure, axis = plt.subplots(figsize=(6.0, 4.0))
+    for method, points in curves.items():
+        radii = sorted(points)
+        means = np.asarray([points[r]["mean"] for r in radii])
+        stds = np.asarray([points[r]["std"] for r in radii])
+        axis.plot(radii, means, marker="o", label=method)
+        axis.fill_between(radii, means - stds, means + stds, alpha=0.2)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("L-inf radius (x/255)")
+    axis.set_ylabel("robust average accuracy (%)")
+    axis.set_ylim(-2, 102)
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    _makedirs_for(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _makedirs_for(path: str) -> None:
     directory = os.path.dirname(path)
     if directory:

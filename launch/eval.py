@@ -1,11 +1,14 @@
 """Evaluate a trained run (flax_fld/evaluate_checkpoint.py).
 
   python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test] [--robust=pgd|strong]
+  python launch/eval.py --workdir=DIR --epsilons=1,2,4,8   # robust accuracy against the radius
 
 Evaluates clean and PGD-CE robust per-class accuracy over every example of the split, writes DIR/eval.json
 (and DIR/plots/confusion_matrix.png) and prints the paper-style table. ``--robust=strong`` adds eval.json's
 ``strong_robust``: per-class accuracy under random-sign noise, PGD-20, an APGD-style attack and their
 per-example worst case, with sanity checks (flax_fld/robust_eval.py; budget in ``adv.strong_*``).
+``--epsilons`` instead adds PGD-CE at each listed radius (in 1/255) to the ``robust`` entries of the existing
+eval.json, under the configured threat model, leaving its other fields as they are.
 """
 
 import functools
@@ -22,12 +25,31 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Sp
 _ROBUST = flags.DEFINE_enum("robust", "pgd", ["pgd", "strong"],
                             "pgd: PGD-CE under both threat models (eval.json 'robust'). strong: also the worst case "
                             "of PGD-20 and a stronger attack, with sanity checks (eval.json 'strong_robust').")
+_EPSILONS = flags.DEFINE_list("epsilons", [], "Radii in 1/255 units, e.g. 1,2,4,8: add PGD-CE at each to eval.json.")
 flags.mark_flag_as_required("workdir")
+
+
+def _radii(values: Sequence[str]) -> list[float]:
+    try:
+        radii = [float(value) / 255 for value in values]
+    except ValueError:
+        raise app.UsageError(f"--epsilons={','.join(values)}: expected numbers in 1/255 units, e.g. 1,2,4,8")
+    if not all(0 < radius <= 1 for radius in radii):
+        raise app.UsageError(f"--epsilons={','.join(values)}: each radius must lie in (0, 255]")
+    return radii
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _EPSILONS.value:
+        radii = _radii(_EPSILONS.value)
+        try:
+            evaluate_checkpoint.add_robust_curve(_WORKDIR.value, radii, which=_WHICH.value, split=_SPLIT.value,
+                                                 log=functools.partial(print, flush=True))
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        return
     try:
         _, text = evaluate_checkpoint.evaluate_checkpoint(
             _WORKDIR.value, which=_WHICH.value, split=_SPLIT.value, strong=_ROBUST.value == "strong",

@@ -26,6 +26,20 @@ def synthetic_variables(model, shape, seed: int = 0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
+def synthetic_fld_variables(model, image_shape) -> dict:
+    """``fld.init_variables``' layout for an ``fld.FLDModel`` with numpy-filled values: the trainer's init path
+    is tested once (test_fld), and compiling three inits per test worker would dominate a file's run time."""
+    height, width, _ = image_shape
+    variables = {"params": {}, "batch_stats": {}}
+    shapes = {"ic1": image_shape, "ic2": image_shape, "classifier": (height, width, model.classifier_channels)}
+    modules = {"classifier": model.classifier, "ic1": model.ic1, "ic2": model.ic2}
+    for seed, name in enumerate(("ic1", "ic2", "classifier") if model.use_decouplers else ("classifier",)):
+        filled = synthetic_variables(modules[name], (1, *shapes[name]), seed=seed)
+        variables["params"][name] = filled["params"]
+        variables["batch_stats"][name] = filled.get("batch_stats", {})
+    return variables
+
+
 def untrained_run(root, config):
     """``(workdir, info)``: a run directory under ``root`` for ``config`` holding a checkpoint of the initial
     state, all that ``train.load_for_inference`` needs (eval and predict tests check equalities that hold

@@ -159,3 +159,59 @@ def test_progress_counts_the_whole_ablation_and_estimates_from_the_trained_runs(
     assert logged[4] == "[3/4] ResNet seed 0: finished in 3m00s | 4m00s elapsed, ETA 2m00s (2m00s per run, 1 run left)"
     assert logged[6] == "[4/4] ResNet seed 1: finished in 30.0s | 4m30s elapsed, no runs left"
     assert len(logged) == 7
+
+
+def _robust_report(averages: dict) -> dict:
+    """An eval.json-like report whose end-to-end PGD entries have the given Averages ({radius: average})."""
+    report = {"average": 80.0, "best_worst": 10.0, "robust": {}}
+    for radius, average in averages.items():
+        report["robust"][f"pgd5_linf_{radius:g}/255"] = {"average": average, "best_worst": 0.0}
+        report["robust"][f"pgd5_linf_{radius:g}/255 fixed-features"] = {"average": 99.0, "best_worst": 0.0}
+    return report
+
+
+def test_robust_curves_take_the_end_to_end_entries_and_write_a_table_and_plot(tmp_path):
+    reports = [_robust_report({1: 60.0, 2: 40.0, 8: 0.0}), _robust_report({1: 50.0, 2: 30.0, 8: 0.0})]
+    results = [{"backbone": "squeezenet1_1", "row": "icfdnet_at", "method": "SqueezeNet+ICFDNet+AT",
+                "class_names": [], "summary": ablation.aggregate_reports(
+                    [dict(r, per_class_accuracy={"a": 1.0}, balanced_accuracy=1.0) for r in reports])},
+               {"backbone": "squeezenet1_1", "row": "icfdnet", "method": "SqueezeNet+ICFDNet", "class_names": [],
+                "summary": ablation.aggregate_reports([dict(_robust_report({8: 0.0}), per_class_accuracy={"a": 1.0},
+                                                            balanced_accuracy=1.0)])}]
+    curves = ablation.robust_curves(results)
+    assert list(curves) == ["SqueezeNet+ICFDNet+AT"]  # a single radius is no curve
+    assert list(curves["SqueezeNet+ICFDNet+AT"]) == [1.0, 2.0, 8.0]  # fixed-features entries are not on it
+    assert curves["SqueezeNet+ICFDNet+AT"][1.0]["mean"] == 55.0
+    table = ablation.format_robust_curve_table(curves)
+    assert "| SqueezeNet+ICFDNet+AT | 55.00 ± 7.07 | 35.00 ± 7.07 | 0.00 ± 0.00 |" in table
+    ablation.write_outputs(str(tmp_path), results, (0, 1), "cmd")
+    assert os.path.getsize(tmp_path / "robust_curves.png") > 1000
+    assert "1/255 | 2/255 | 8/255" in (tmp_path / "ablation.md").read_text()
+
+
+def test_paired_difference_is_the_mean_of_per_seed_differences_with_a_t_interval():
+    first = {"0": 70.0, "1": 80.0, "2": 75.0, "3": 1.0}  # seed 3 has no partner and is ignored
+    second = {"0": 72.0, "1": 83.0, "2": 76.0}
+    result = ablation.paired_difference(first, second)
+    assert result["n"] == 3 and result["seeds"] == ["0", "1", "2"]
+    assert result["mean"] == pytest.approx(2.0)
+    # differences 2, 3, 1: std 1, t(0.975, df=2) = 4.3027
+    assert result["high"] - result["mean"] == pytest.approx(4.3027 / np.sqrt(3), rel=1e-4)
+    assert np.isnan(ablation.paired_difference({"0": 1.0}, {"0": 2.0})["low"])
+    with pytest.raises(ValueError, match="share no seed"):
+        ablation.paired_difference({"0": 1.0}, {"1": 2.0})
+
+
+def test_paired_comparison_reads_row_directories(tmp_path):
+    for row, shift in (("icfdnet", 0.0), ("icfdnet_at", 5.0)):
+        for seed in range(2):
+            report = _robust_report({8: shift + seed})
+            report["average"] += shift + seed
+            os.makedirs(tmp_path / row / f"seed_{seed}")
+            (tmp_path / row / f"seed_{seed}" / "eval.json").write_text(json.dumps(report))
+    first, second = (ablation.row_reports(str(tmp_path / row)) for row in ("icfdnet", "icfdnet_at"))
+    table = ablation.format_paired_comparison(first, second)
+    assert "| average | 80.50 | 85.50 | +5.00 [+5.00, +5.00] | 0, 1 |" in table
+    assert "| robust:pgd5_linf_8/255 | 0.50 | 5.50 | +5.00" in table
+    with pytest.raises(ValueError, match="no seed_<s>/eval.json"):
+        ablation.row_reports(str(tmp_path / "missing"))

@@ -61,6 +61,19 @@ def test_clean_confusion_matches_direct_forward(tiny):
     np.testing.assert_array_equal(np.asarray(report["confusion_matrix"]), expected)
 
 
+def test_robust_curve_reproduces_the_configured_attack_and_a_vanishing_radius_is_clean(tiny):
+    config, data, model, variables = tiny
+    report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True)
+    configured = evaluate.attack_name(config.adv)
+    curve = evaluate.robust_curve(model, variables, config, data, split="test",
+                                  epsilons=(1e-7, float(config.adv.eval_epsilon)))
+    assert len(curve) == 2 and configured in curve
+    np.testing.assert_array_equal(curve[configured]["confusion_matrix"],
+                                  report["robust"][configured]["confusion_matrix"])
+    (vanishing,) = (name for name in curve if name != configured)
+    np.testing.assert_array_equal(curve[vanishing]["confusion_matrix"], report["confusion_matrix"])
+
+
 def _run(args: list[str], cwd: str, cache_dir: str) -> subprocess.CompletedProcess:
     # A compilation cache shared by the two commands: eval.py reuses the evaluation step train.py compiled.
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
@@ -94,3 +107,15 @@ def test_launch_train_then_eval_command_lines(tiny, tmp_path):
     # Same checkpoint, same batches, same attack key: the command line reproduces the training's report.
     for field in ("confusion_matrix", "per_class_accuracy", "robust"):
         assert eval_report[field] == train_report[field], field
+
+    # --epsilons adds a radius to the robust entries and keeps every other field of eval.json.
+    _run(["launch/eval.py", f"--workdir={workdir}", "--epsilons=2"], REPO, cache_dir)
+    with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as handle:
+        with_curve = json.load(handle)
+    added = set(with_curve["robust"]) - set(eval_report["robust"])
+    assert added == {f"pgd{config.adv.eval_steps}_linf_2/255"}
+    assert {key: value for key, value in with_curve.items() if key != "robust"} == {
+        key: value for key, value in eval_report.items() if key != "robust"}
+    bad = subprocess.run([sys.executable, "launch/eval.py", f"--workdir={workdir}", "--epsilons=two"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--epsilons=two" in bad.stderr.strip().splitlines()[-1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flax_fld.models import fld
-from model_helpers import synthetic_variables
+from model_helpers import synthetic_fld_variables
 
 FEATURES, CLASSES, SIZE = 3, 4, 32
 
@@ -18,20 +18,6 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
         use_decouplers=True, color_space="ycbcr"))
     config.update(overrides)
     return config
-
-
-def synthetic_fld_variables(model: fld.FLDModel, image_shape) -> dict:
-    """init_variables' layout with numpy-filled values: the trainer's init path is tested once, below, and
-    compiling three inits per test worker would dominate this file's run time."""
-    height, width, _ = image_shape
-    variables = {"params": {}, "batch_stats": {}}
-    shapes = {"ic1": image_shape, "ic2": image_shape, "classifier": (height, width, model.classifier_channels)}
-    modules = {"classifier": model.classifier, "ic1": model.ic1, "ic2": model.ic2}
-    for seed, name in enumerate(("ic1", "ic2", "classifier") if model.use_decouplers else ("classifier",)):
-        filled = synthetic_variables(modules[name], (1, *shapes[name]), seed=seed)
-        variables["params"][name] = filled["params"]
-        variables["batch_stats"][name] = filled.get("batch_stats", {})
-    return variables
 
 
 @pytest.fixture(scope="module")
