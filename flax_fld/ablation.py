@@ -11,9 +11,10 @@ Config keys read from ``config.ablation`` (everything else is the training confi
   seeds      tuple of seeds (an int n means seeds 0..n-1); each cell is mean +- std over them
   rows       which of ("baseline", "icfdnet", "icfdnet_at") to run
 
-A floor comes first in the table: multinomial logistic regression on the raw pixels (``flax_fld.linear_probe``,
-same data source and split, in WORKDIR/linear/eval.json; ``config.ablation.linear_floor=False`` skips it), so
-a deep row below a linear model shows at once. A run whose test predictions collapsed to one class is marked.
+Two floors come first in the table, each a multinomial logistic regression on the same data source and split
+(``flax_fld.linear_probe``): on the raw pixels (WORKDIR/linear/eval.json; ``config.ablation.linear_floor=False``
+skips it) and on hand-made texture features, the classical ultrasound baseline (WORKDIR/texture/eval.json;
+``config.ablation.texture_floor=False``), so a deep row below a shallow model shows at once. A run whose test predictions collapsed to one class is marked.
 
 Each run trains with ``train.train_and_evaluate`` in WORKDIR/<backbone>/<row>/seed_<s>; a run whose directory
 already has eval.json is not repeated, so re-running the same command resumes the ablation. All runs share
@@ -40,6 +41,7 @@ from flax_fld.progress import format_duration, progress_note
 
 ROWS = ("baseline", "icfdnet", "icfdnet_at")
 LINEAR_METHOD = "Linear floor (logistic regression, raw pixels)"
+TEXTURE_METHOD = "Texture floor (logistic regression, histogram + GLCM + gradients)"
 
 
 def ablation_settings(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
@@ -84,24 +86,32 @@ def variant_config(config: ml_collections.ConfigDict, backbone: str, row: str, s
     return variant
 
 
-def linear_floor_result(config: ml_collections.ConfigDict, workdir: str, data_dir: str,
-                        log: Callable[[str], Any] = print) -> dict:
-    """The linear-probe row (WORKDIR/linear/eval.json, reused when present) in the ``results`` item layout."""
-    path = os.path.join(workdir, "linear", "eval.json")
+FLOORS = {  # kind -> (row label, fitting function in flax_fld.linear_probe)
+    "linear": (LINEAR_METHOD, "fit_linear_probe"),
+    "texture": (TEXTURE_METHOD, "fit_texture_probe"),
+}
+
+
+def floor_result(kind: str, config: ml_collections.ConfigDict, workdir: str, data_dir: str,
+                 log: Callable[[str], Any] = print) -> dict:
+    """A floor row (WORKDIR/<kind>/eval.json, reused when present) in the ``results`` item layout; ``kind`` is
+    ``linear`` (logistic regression on the raw pixels) or ``texture`` (on hand-made texture features)."""
+    method, fit_name = FLOORS[kind]
+    path = os.path.join(workdir, kind, "eval.json")
     if os.path.exists(path):
-        log(f"linear floor: reusing {path}")
+        log(f"{kind} floor: reusing {path}")
         with open(path, encoding="utf-8") as handle:
             report = json.load(handle)
     else:
         from flax_fld import input_pipeline, linear_probe  # the training stack, as in run_ablation
 
-        log("linear floor: logistic regression on the raw pixels")
+        log(f"{kind} floor: {method}")
         data_config = ml_collections.ConfigDict(config.data.to_dict())
         data_config.data_dir = data_dir
-        report = linear_probe.fit_linear_probe(input_pipeline.prepare_data_source(data_config, data_dir))
+        report = getattr(linear_probe, fit_name)(input_pipeline.prepare_data_source(data_config, data_dir))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json_atomically(path, report)
-    return {"backbone": "linear", "row": "linear", "method": LINEAR_METHOD, "class_names": list(report["class_names"]),
+    return {"backbone": kind, "row": kind, "method": method, "class_names": list(report["class_names"]),
             "runs": {"-": {"average": report["average"], "best_worst": report["best_worst"],
                            "per_class_accuracy": report["per_class_accuracy"]}},
             "summary": aggregate_reports([report])}
@@ -321,9 +331,10 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
 
     data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
     results = []
-    if config.ablation.get("linear_floor", True):
-        results.append(linear_floor_result(config, workdir, data_dir, log))
-        write_outputs(workdir, results, seeds, command)
+    for kind in FLOORS:
+        if config.ablation.get(f"{kind}_floor", True):
+            results.append(floor_result(kind, config, workdir, data_dir, log))
+            write_outputs(workdir, results, seeds, command)
     plan = [(backbone, row, seed) for backbone in backbones for row in rows for seed in seeds]
     to_train = sum(not os.path.exists(os.path.join(run_directory(workdir, *run), "eval.json")) for run in plan)
     durations: list[float] = []

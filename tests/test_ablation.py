@@ -24,7 +24,8 @@ def _config(seeds=(0, 1), rows=("baseline", "icfdnet", "icfdnet_at")):
     config.model = ml_collections.ConfigDict({"classifier": "resnet18", "use_decouplers": True})
     config.adv = ml_collections.ConfigDict({"enabled": True})
     config.ablation = ml_collections.ConfigDict(
-        {"backbones": ("squeezenet1_1", "resnet18"), "seeds": seeds, "rows": rows, "linear_floor": False})
+        {"backbones": ("squeezenet1_1", "resnet18"), "seeds": seeds, "rows": rows, "linear_floor": False,
+         "texture_floor": False})
     return config
 
 
@@ -120,20 +121,25 @@ def test_integer_seed_count_means_range():
     assert ablation.ablation_settings(config)[1] == (0, 1, 2)
 
 
-def test_linear_floor_is_the_first_row_and_is_reused(tmp_path):
+def test_the_two_floors_are_the_first_rows_and_are_reused(tmp_path):
     config = load_config("tiny")
     config.ablation = ml_collections.ConfigDict(
         {"backbones": ("squeezenet1_1",), "seeds": 1, "rows": ("baseline",), "linear_floor": True})
     config.data.data_dir = str(tmp_path / "tfds")
     logged = []
     results = ablation.run_ablation(config, str(tmp_path), train_fn=_fake_train([]), log=logged.append)
-    assert results[0]["method"] == ablation.LINEAR_METHOD
-    floor = json.loads((tmp_path / "linear" / "eval.json").read_text())
-    assert floor["l2"] in (1e-4, 1e-3, 1e-2, 1e-1) and floor["split"] == "test"
+    assert [r["method"] for r in results[:2]] == [ablation.LINEAR_METHOD, ablation.TEXTURE_METHOD]
+    for kind in ("linear", "texture"):
+        floor = json.loads((tmp_path / kind / "eval.json").read_text())
+        assert floor["l2"] in (1e-4, 1e-3, 1e-2, 1e-1) and floor["split"] == "test"
     lines = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| ")]
     assert lines[2].startswith(f"| {ablation.LINEAR_METHOD} |")
+    assert lines[3].startswith(f"| {ablation.TEXTURE_METHOD} |")
     ablation.run_ablation(config, str(tmp_path), train_fn=_fake_train([]), log=logged.append)
-    assert any("reusing" in line and "linear" in line for line in logged)
+    assert any("reusing" in line and "texture" in line for line in logged)
+    config.ablation.texture_floor = False
+    results = ablation.run_ablation(config, str(tmp_path), train_fn=_fake_train([]), log=logged.append)
+    assert ablation.TEXTURE_METHOD not in [r["method"] for r in results]
 
 
 def test_progress_counts_the_whole_ablation_and_estimates_from_the_trained_runs(tmp_path):
