@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train = ml_collections.ConfigDict()
     train.num_epochs = 15  # Passes over the training split (~25-35 s each with the attack on a 2-core CPU).
+    # Stop when the validation figure of best_metric has not improved for this many epochs (0: never); the
+    # learning-rate schedule still spans num_epochs, so set num_epochs as the longest run you would accept.
+    train.early_stopping_patience = 0
     train.per_device_batch_size = 32  # Batch per device; global batch = this x device count.
     train.eval_batch_size = 64  # Per-device batch for evaluation.
     train.log_every_steps = 10  # Console/TensorBoard logging period.

@@ -143,6 +143,7 @@ def aggregate_reports(reports: Sequence[Mapping[str, Any]]) -> dict:
     for key in ("average", "best_worst", "balanced_accuracy"):
         summary[key] = _mean_std([r[key] for r in reports])
     summary["epochs"] = [r.get("epoch") for r in reports]
+    summary["still_improving"] = [still_improving(r) for r in reports]
     summary["collapsed_runs"] = sum(bool(r.get("collapsed", False)) for r in reports)
     attacks = [name for name in reports[0].get("robust", {}) if all(name in r.get("robust", {}) for r in reports)]
     summary["robust"] = {
@@ -150,6 +151,13 @@ def aggregate_reports(reports: Sequence[Mapping[str, Any]]) -> dict:
         for attack in attacks
     }
     return summary
+
+
+def still_improving(report: Mapping[str, Any]) -> bool:
+    """Whether a run kept its checkpoint from its last epoch: its validation figure was still improving when
+    training ended, so a longer run (``train.num_epochs``) may be better. Reports without ``last_epoch``
+    (written before it existed) count as not improving."""
+    return report.get("epoch") is not None and report.get("epoch") == report.get("last_epoch")
 
 
 def _cell(stat: Mapping[str, float]) -> str:
@@ -167,7 +175,8 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
     Class columns follow the paper's order (Mild, Moderate, Severe, Normal) when the classes are the
     paper's. As in Table 2, the best Average of each backbone's group is bold and an arrow compares each
     row's mean Average with its group's baseline. Extra columns: Best-Worst, the robust Average under each
-    attack the runs were evaluated with, and each seed's selected epoch.
+    attack the runs were evaluated with, and each seed's selected epoch, starred when it was the run's last
+    (``still_improving``).
     """
     if not results:
         raise ValueError("format_ablation_table: no results")
@@ -194,8 +203,9 @@ def format_ablation_table(results: Sequence[Mapping[str, Any]]) -> str:
             for attack in attacks:
                 robust = summary["robust"].get(attack)
                 cells.append(_cell(robust["average"]) if robust else "–")
-            epochs = [e for e in summary.get("epochs", []) if e is not None]
-            cells.append(", ".join(map(str, epochs)) if epochs else "–")
+            marks = summary.get("still_improving") or [False] * len(summary.get("epochs", []))
+            epochs = [f"{e}*" if mark else str(e) for e, mark in zip(summary.get("epochs", []), marks) if e is not None]
+            cells.append(", ".join(epochs) if epochs else "–")
             if summary.get("collapsed_runs"):
                 cells[0] += f" (collapsed to one class in {summary['collapsed_runs']} run(s))"
             lines.append("| " + " | ".join(cells) + " |")
@@ -298,7 +308,9 @@ def write_outputs(workdir: str, results: Sequence[Mapping[str, Any]], seeds: Seq
         + (f"Command: `{command}`\n\n" if command else "")
         + f"Written {datetime.datetime.now().isoformat(timespec='seconds')}. Each cell: mean ± sample std over "
         f"seeds {list(seeds)} (runs per cell: {', '.join(map(str, counts))}), test split, percent. Arrows compare "
-        "the mean Average with the group's baseline; bold is the group's best Average.\n\n" + table)
+        "the mean Average with the group's baseline; bold is the group's best Average. An epoch marked * was "
+        "the run's last: its validation figure was still improving when training ended (raise "
+        "train.num_epochs, with train.early_stopping_patience to stop once it settles).\n\n" + table)
     curves = robust_curves(results)
     if curves:
         from flax_fld import plots  # matplotlib only when there is a curve to draw
@@ -358,7 +370,8 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
                     report = train_fn(variant_config(config, backbone, row, seed, data_dir), run_dir)
                     durations.append(clock() - run_started)
                     left = max(to_train - len(durations), 0)
-                    log(f"{label}: finished in {format_duration(durations[-1])} | "
+                    improving = " (best epoch was the last: still improving)" if still_improving(report) else ""
+                    log(f"{label}: finished in {format_duration(durations[-1])}{improving} | "
                         f"{progress_note(clock() - started, durations, left)}")
                 reports.append(report)
                 runs[str(seed)] = {"average": report["average"], "best_worst": report["best_worst"],

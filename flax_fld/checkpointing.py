@@ -240,7 +240,8 @@ def drop_partial_metrics_record(workdir: str) -> None:
 RESUMABLE_KEYS = (
     "train.num_epochs", "train.log_every_steps", "train.plot_every_epochs", "train.checkpoint_every_epochs",
     "train.keep_checkpoints", "train.async_checkpointing", "train.num_grid_examples", "train.eval_batch_size",
-    "train.resume_with_changes", "data.data_dir", "adv.eval_epsilon", "adv.eval_steps", "adv.eval_step_size",
+    "train.resume_with_changes", "train.early_stopping_patience", "data.data_dir", "adv.eval_epsilon",
+    "adv.eval_steps", "adv.eval_step_size",
     "adv.eval_through_decouplers", "adv.strong_pgd_steps", "adv.strong_steps", "adv.strong_restarts",
     "adv.strong_targets", "adv.strong_sanity_epsilon", "adv.strong_sanity_examples",
     "adv.strong_sanity_max_accuracy",

@@ -134,6 +134,7 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "optim.momentum": _number(0, 1, high_open=True),
     "optim.grad_clip_norm": NON_NEGATIVE,
     "train.num_epochs": POSITIVE_INT,
+    "train.early_stopping_patience": NON_NEGATIVE_INT,
     "train.per_device_batch_size": POSITIVE_INT,
     "train.eval_batch_size": POSITIVE_INT,
     "train.log_every_steps": POSITIVE_INT,

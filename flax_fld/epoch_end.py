@@ -1,7 +1,8 @@
 """Between two epochs of Algorithm 1: calibrate, validate, keep the best, record, save.
 
 ``finish_epoch`` runs the steps in order; each decision in it is a small function of host values that a test
-(or a reader) can take alone: ``epoch_record``, ``fawa_gate``, ``improves``, ``epoch_line``.
+(or a reader) can take alone: ``epoch_record``, ``fawa_gate``, ``improves``, ``patience_ran_out``,
+``epoch_line``.
 """
 
 from typing import Any, Callable, Optional
@@ -43,6 +44,15 @@ def improves(value: list[float], previous: Any) -> bool:
     return value > (list(previous) if isinstance(previous, list) else [previous])
 
 
+def patience_ran_out(epoch: int, best_epoch: Optional[int], patience: int) -> bool:
+    """Early stopping: whether ``patience`` epochs (> 0) have passed since the best one without a better one.
+
+    ``patience`` 0 never stops. The selection metric is ``train.best_metric``'s, so the run stops when the
+    checkpoint it would keep has stopped changing.
+    """
+    return patience > 0 and best_epoch is not None and epoch - best_epoch >= patience
+
+
 def epoch_line(epoch: int, num_epochs: int, validation: dict, record: dict, is_best: bool) -> str:
     """The console line of an epoch's end."""
     return (f"epoch {epoch}/{num_epochs}: validation average {validation['average']:.2f}% "
@@ -56,7 +66,8 @@ def finish_epoch(state: TrainState, *, epoch: int, config: ml_collections.Config
                  end_epoch: Callable[[TrainState], TrainState], validate: Callable[[dict], dict],
                  replicate: Callable[[Any], Any], meta: dict, iterator_state: dict,
                  checkpointer: checkpointing.Checkpointer, outputs: RunOutputs, step: int) -> tuple[TrainState, dict]:
-    """Closes epoch ``epoch`` (1-based): Eq. 1/2, validation, FAWA's gate, best selection, record, checkpoints.
+    """Closes epoch ``epoch`` (1-based): Eq. 1/2, validation, FAWA's gate, best selection, record, checkpoints
+    (a periodic one also when early stopping ends the run here, so that a resume finds it finished).
 
     Args:
         state: the state after the epoch's last step.
@@ -84,8 +95,12 @@ def finish_epoch(state: TrainState, *, epoch: int, config: ml_collections.Config
     record.update(best_metric_value=value[0], best_epoch=meta["best_epoch"])
     outputs.epoch_done(step, record, epoch_line(epoch, int(config.train.num_epochs), validation, record, is_best))
     meta = dict(meta, iterator=iterator_state, epoch=epoch)
+    stop = patience_ran_out(epoch, meta["best_epoch"], int(config.train.get("early_stopping_patience", 0)))
+    if stop:
+        outputs.say(f"early stopping after epoch {epoch}: no better validation {config.train.best_metric} in "
+                    f"{epoch - meta['best_epoch']} epochs (best: epoch {meta['best_epoch']})")
     if is_best:
         checkpointer.save(state, meta, best=True)
-    if epoch % int(config.train.checkpoint_every_epochs) == 0 or epoch == int(config.train.num_epochs):
+    if epoch % int(config.train.checkpoint_every_epochs) == 0 or epoch == int(config.train.num_epochs) or stop:
         checkpointer.save(state, meta)
     return state, meta

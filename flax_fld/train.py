@@ -344,8 +344,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return evaluate.evaluate_split(model, variables, config, data, split="validation",
                                        robust=bool(config.train.validate_robust))
 
+    patience = int(config.train.get("early_stopping_patience", 0))
     try:
         for epoch in range(int(state.epoch) + 1, num_epochs + 1):
+            if epoch_end.patience_ran_out(epoch - 1, meta.get("best_epoch"), patience):
+                break  # a resumed run that had already stopped early
             state, train_means = train_epoch(state, p_train_step, train_iter, epoch=epoch,
                                              log_every=outputs.progress.every_steps, outputs=outputs)
             state, meta = epoch_end.finish_epoch(
@@ -360,6 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          both_threat_models=True)
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
+        report["last_epoch"] = int(meta.get("epoch", num_epochs))  # earlier than num_epochs after early stopping
         report["method"] = reporting.method_name(config)
         outputs.test_report(int(state.step), report, config, lambda path: run_outputs.plot_decoupling_examples(
             model, variables, config, data, path))

@@ -41,6 +41,7 @@ def _fake_train(calls):
         report["robust"] = {"pgd_ce": metrics.class_report(np.eye(4, dtype=int) * 10 + 1, CLASS_NAMES)}
         report["class_names"] = list(CLASS_NAMES)
         report["epoch"] = 7 + config.seed
+        report["last_epoch"] = 8  # seed 1's best epoch is its last: still improving
         report["collapsed"] = config.model.classifier == "resnet18" and not config.model.use_decouplers
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "eval.json"), "w") as handle:
@@ -78,7 +79,7 @@ def test_table_has_mean_and_std_per_cell_and_resumes_without_retraining(tmp_path
              for s in (0, 1))]
     assert f"| {np.mean(mild):.2f} ± {np.std(mild, ddof=1):.2f} |" in full
     assert "↑" in full and "**" in full  # best of its group, above its baseline
-    assert full.endswith("| 7, 8 |")  # each seed's best epoch
+    assert full.endswith("| 7, 8* |")  # each seed's best epoch; * the run's last (still improving)
     baseline = next(line for line in lines if line.startswith("| SqueezeNet |"))
     assert "↑" not in baseline and "↓" not in baseline
     assert "collapsed" not in baseline
@@ -159,11 +160,14 @@ def test_progress_counts_the_whole_ablation_and_estimates_from_the_trained_runs(
     assert logged[0].startswith("[1/4] SqueezeNet seed 0: reusing")
     assert logged[1].startswith("[2/4] SqueezeNet seed 1: training in")
     assert logged[1].endswith("| 0.0s elapsed, ETA unknown until the first run finishes")
-    assert logged[2] == "[2/4] SqueezeNet seed 1: finished in 1m00s | 1m00s elapsed, ETA 2m00s (1m00s per run, 2 runs left)"
+    # The fake's seed 1 kept its last epoch, which the line says.
+    assert logged[2] == ("[2/4] SqueezeNet seed 1: finished in 1m00s (best epoch was the last: still improving) | "
+                         "1m00s elapsed, ETA 2m00s (1m00s per run, 2 runs left)")
     assert logged[3].endswith("| 1m00s elapsed, ETA 2m00s (1m00s per run, 2 runs left)")
     # Mean of 60 s and 180 s = 2 minutes per run, one run left.
     assert logged[4] == "[3/4] ResNet seed 0: finished in 3m00s | 4m00s elapsed, ETA 2m00s (2m00s per run, 1 run left)"
-    assert logged[6] == "[4/4] ResNet seed 1: finished in 30.0s | 4m30s elapsed, no runs left"
+    assert logged[6] == ("[4/4] ResNet seed 1: finished in 30.0s (best epoch was the last: still improving) | "
+                         "4m30s elapsed, no runs left")
     assert len(logged) == 7
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from flax_fld import checkpointing, input_pipeline, models, train, weight_averaging
+from flax_fld import checkpointing, epoch_end, input_pipeline, models, train, weight_averaging
 from flax_fld.config_files import load_config
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState
@@ -173,6 +173,7 @@ def test_resume_continues_from_saved_step_like_an_uninterrupted_run(tiny, tmp_pa
     # Both threat models: end to end (the configured one, first) and Fig. 2's fixed features.
     assert [name.endswith("fixed-features") for name in report["robust"]] == [False, True]
     assert report["epoch"] in (1, 2) and isinstance(report["unsettled_classes"], list)
+    assert report["last_epoch"] == 2
     assert isinstance(report["collapsed"], bool)
     with open(os.path.join(uninterrupted, "metrics.jsonl"), encoding="utf-8") as handle:
         epochs = [record for record in map(json.loads, handle) if record["kind"] == "epoch"]
@@ -204,3 +205,30 @@ def test_resume_continues_from_saved_step_like_an_uninterrupted_run(tiny, tmp_pa
     assert train_steps.count(steps_per_epoch + 1) == 2 and train_steps.count(1) == 1
     epoch_records = [r for r in records if r["kind"] == "epoch"]
     assert len(epoch_records[-1]["class_epsilon"]) == len(info.class_names)
+
+
+def test_early_stopping_ends_the_run_once_patience_runs_out_and_a_rerun_stays_stopped(tiny, tmp_path):
+    """A learning rate too small to change any prediction: validation never beats epoch 1 (ties are not
+    improvements), so patience 1 stops the 4-epoch run after epoch 2, with a checkpoint that a re-run of the
+    same command finds finished."""
+    config = ml_collections.ConfigDict(tiny[0].to_dict())
+    config.model.use_decouplers, config.adv.enabled = False, False  # the stopping rule is model-independent
+    config.optim.learning_rate = 1e-12
+    config.train.num_epochs, config.train.early_stopping_patience = 4, 1
+    workdir = str(tmp_path / "stopped")
+    report = train.train_and_evaluate(config, workdir)
+    assert (report["epoch"], report["last_epoch"]) == (1, 2)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as handle:
+        epochs = [record["epoch"] for record in map(json.loads, handle) if record["kind"] == "epoch"]
+    assert epochs == [1, 2]
+    os.remove(os.path.join(workdir, "eval.json"))
+    rerun = train.train_and_evaluate(config, workdir)
+    assert (rerun["epoch"], rerun["last_epoch"]) == (1, 2)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as handle:
+        assert sum(record["kind"] == "epoch" for record in map(json.loads, handle)) == 2
+
+
+@pytest.mark.parametrize("epoch, best_epoch, patience, expected", [
+    (5, 3, 2, True), (5, 4, 2, False), (9, 1, 0, False), (1, None, 1, False)])
+def test_patience_counts_epochs_since_the_best(epoch, best_epoch, patience, expected):
+    assert epoch_end.patience_ran_out(epoch, best_epoch, patience) == expected
