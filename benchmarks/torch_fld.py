@@ -124,22 +124,25 @@ class TorchFLD(nn.Module):
         feat2, x_hat = self.ic2(x)
         return Decoupled(feat1, class_logits, feat2, x_hat)
 
-    def feature_part(self, decoupled: Decoupled) -> Optional[torch.Tensor]:
-        """The (2F) decoupled channels of x_c, detached and/or standardised as configured."""
+    def feature_part(self, decoupled: Decoupled, for_loss: bool = False) -> Optional[torch.Tensor]:
+        """The (2F) decoupled channels of x_c, standardised as configured; detached (``detach_features``) only
+        in the classifier's loss (``for_loss``), as ``fld.for_classifier_loss``: the attack differentiates
+        through them."""
         if decoupled.feat1 is None:
             return None
         features = torch.cat([decoupled.feat1, decoupled.feat2], dim=1)
-        if self.detach_features:
+        if self.detach_features and for_loss:
             features = features.detach()
         return standardize(features) if self.standardize_features else features
 
     def classifier_input(self, x: torch.Tensor, decoupled: Decoupled,
-                         features: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         features: Optional[torch.Tensor] = None, for_loss: bool = False) -> torch.Tensor:
         """``fld.classifier_input``: x_c = cat(Feat1, Feat2, Y_c(x)) [B,2F+Cc,H,W]; baseline Y_c(x).
 
-        ``features`` (from ``feature_part``) skips recomputing the feature channels (the attack's fixed ones).
+        ``features`` (from ``feature_part``) skips recomputing the feature channels (the attack's fixed ones);
+        ``for_loss``: the classifier's training loss (``feature_part``).
         """
-        features = self.feature_part(decoupled) if features is None else features
+        features = self.feature_part(decoupled, for_loss) if features is None else features
         color_image = color_transform(x, self.color_space)
         return color_image if features is None else torch.cat([features, color_image], dim=1)
 
@@ -313,7 +316,7 @@ def fld_loss(model: TorchFLD, images: torch.Tensor, labels: torch.Tensor, class_
     zero = images.new_zeros(())
     lc = zero if decoupled.x_hat is None else reconstruction_loss(images, decoupled.x_hat, settings.charbonnier_xi)
     ls = zero if decoupled.class_logits is None else decoupling_bce(decoupled.class_logits, labels)
-    x_c = model.classifier_input(images, decoupled)
+    x_c = model.classifier_input(images, decoupled, for_loss=True)
     if attack and not settings.through_decouplers:
         x_adv = trades_inner_max(attack_logits_fn(model, decoupled), images, epsilon, step_size,
                                  settings.num_steps, noise)
@@ -325,7 +328,7 @@ def fld_loss(model: TorchFLD, images: torch.Tensor, labels: torch.Tensor, class_
             with frozen_batch_stats(model):  # flax discards this pass's statistics
                 decoupled_adv = model.decouple(x_adv, train=True)
         # Both classifier passes move the running statistics, in this order, as in flax (and TRADES).
-        logits_adv = model.classify(model.classifier_input(x_adv, decoupled_adv), train=True)
+        logits_adv = model.classify(model.classifier_input(x_adv, decoupled_adv, for_loss=True), train=True)
         lat, _ = adaptive_trades_loss(logits_clean, logits_adv, labels, class_beta)
     else:
         logits_adv, x_adv = logits_clean, None

@@ -108,7 +108,7 @@ def fld_loss(params: dict, decoupled: fld.Decoupled, batch_stats: dict, images: 
     if model.use_decouplers:
         lc = losses.reconstruction_loss(images, decoupled.x_hat, loss_config.charbonnier_xi)
         ls = losses.decoupling_bce(decoupled.class_logits, labels)
-    x_c = fld.classifier_input(model, images, decoupled)
+    x_c = fld.classifier_input(model, images, fld.for_classifier_loss(model, decoupled))
     logits_clean, classifier_stats = fld.classify(model, variables, x_c, train=True, dropout_rng=dropout_keys[0])
     if x_adv is None:
         logits_adv = logits_clean
@@ -119,7 +119,7 @@ def fld_loss(params: dict, decoupled: fld.Decoupled, batch_stats: dict, images: 
             x_adv_c = x_c + x_adv
         else:
             decoupled_adv = fld.decouple(model, variables, x_adv, train=True)[0] if end_to_end else decoupled
-            x_adv_c = fld.classifier_input(model, x_adv, decoupled_adv)
+            x_adv_c = fld.classifier_input(model, x_adv, fld.for_classifier_loss(model, decoupled_adv))
         logits_adv, classifier_stats = fld.classify(model, after_clean_pass, x_adv_c, train=True,
                                                     dropout_rng=dropout_keys[1])
         lat, _ = losses.adaptive_trades_loss(logits_clean, logits_adv, labels, class_beta)

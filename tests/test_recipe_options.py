@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from flax_fld import metrics, reporting, train
+from flax_fld import metrics, objective, reporting, train
 from flax_fld.config_files import load_config
 from flax_fld.models import fld, get_classifier
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
@@ -93,15 +93,34 @@ def test_detach_features_stops_the_classifier_loss_at_the_decouplers(detach):
     model = _model(detach_features=detach, standardize_features=True)
     variables = fld.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
     images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
+    labels = jnp.asarray([0, 3])
+    config = _default_config()
+    config.loss.l1 = config.loss.l2 = 0.0  # the classifier's loss alone (Lat), not Lc or Ls
 
     def classifier_loss(params):
-        logits, _ = fld.forward(model, {"params": params, "batch_stats": variables["batch_stats"]}, images)
-        return jnp.sum(logits)
+        decoupled, _ = fld.decouple(model, {"params": params, "batch_stats": variables["batch_stats"]}, images,
+                                    train=True)
+        return objective.fld_loss(params, decoupled, variables["batch_stats"], images, labels, images,
+                                  jnp.full((CLASSES,), 0.5), (jax.random.key(2), jax.random.key(3)), model=model,
+                                  loss_config=config.loss, end_to_end=True)[0]
 
     grads = jax.jit(jax.grad(classifier_loss))(variables["params"])  # one compile, not one per op
     ic_norm = float(optax.tree.norm(grads["ic1"])) + float(optax.tree.norm(grads["ic2"]))
     assert (ic_norm == 0.0) == detach
     assert float(optax.tree.norm(grads["classifier"])) > 0.0
+
+
+def test_an_attacker_differentiates_through_detached_features():
+    """detach_features is about training; the end-to-end attack's image gradient is the same with it on."""
+    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
+    gradients = []
+    for detach in (False, True):
+        model = _model(detach_features=detach, standardize_features=True)
+        variables = fld.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
+        logits_fn = fld.attack_logits_fn(model, variables, fld.Decoupled(None, None, None, None), end_to_end=True)
+        gradients.append(jax.jit(jax.grad(lambda x: jnp.sum(logits_fn(x)[:, 0])))(images))  # noqa: B023
+    np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-5, atol=1e-7)
+    assert float(jnp.max(jnp.abs(gradients[1]))) > 0.0
 
 
 def test_create_fld_model_reads_the_new_keys_with_defaults():

@@ -300,12 +300,13 @@ def test_color_transforms_standardize_and_classifier_input_match_flax():
         weights = rng.standard_normal(7).astype(np.float32)
 
         def objective(f1, f2, x):
-            x_c = fld.classifier_input(model, x, fld.Decoupled(f1, None, f2, None))
+            # As the classifier's loss builds it: detach_features stops the features' gradient there.
+            x_c = fld.classifier_input(model, x, fld.for_classifier_loss(model, fld.Decoupled(f1, None, f2, None)))
             return jnp.sum(x_c * weights), x_c
 
         (_, x_c), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(feat1, feat2, image)
         inputs = [nchw(a).requires_grad_(True) for a in (feat1, feat2, image)]
-        y = twin.classifier_input(inputs[2], torch_fld.Decoupled(inputs[0], None, inputs[1], None))
+        y = twin.classifier_input(inputs[2], torch_fld.Decoupled(inputs[0], None, inputs[1], None), for_loss=True)
         (y * torch.from_numpy(weights).view(1, -1, 1, 1)).sum().backward()
         close(nhwc(y), x_c, 1e-5)
         for tensor, grad in zip(inputs, grads):

@@ -161,11 +161,23 @@ def standardize(features: jax.Array, eps: float = 1e-4) -> jax.Array:
     return (features - mean) * jax.lax.rsqrt(var + eps)
 
 
+def for_classifier_loss(model: FLDModel, decoupled: Decoupled) -> Decoupled:
+    """``decoupled`` as the classifier's training loss sees it: with ``model.detach_features`` its feature maps
+    carry no gradient, so that loss does not update IC1/IC2 (only Ls and Lc do).
+
+    Only the loss detaches: an attacker differentiates through the features (``attack_logits_fn``), so a
+    detached model is attacked as hard as any other, not shielded by a stopped gradient.
+    """
+    if not model.detach_features or decoupled.feat1 is None:
+        return decoupled
+    return decoupled._replace(feat1=jax.lax.stop_gradient(decoupled.feat1),
+                              feat2=jax.lax.stop_gradient(decoupled.feat2))
+
+
 def classifier_input(model: FLDModel, x: jax.Array, decoupled: Decoupled) -> jax.Array:
     """x_c = cat(Feat1, Feat2, Y_c(x)) [B,H,W,2F+Cc] (Algorithm 1); baseline: Y_c(x) [B,H,W,Cc].
 
-    With ``model.standardize_features`` the features are standardised (``standardize``); with
-    ``model.detach_features`` no gradient flows from the classifier back into IC1/IC2.
+    With ``model.standardize_features`` the features are standardised (``standardize``).
     """
     parts = classifier_input_parts(model, x, decoupled)
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
@@ -182,8 +194,6 @@ def classifier_input_parts(model: FLDModel, x: jax.Array, decoupled: Decoupled) 
     if decoupled.feat1 is None:
         return (color_image,)
     features = jnp.concatenate([decoupled.feat1, decoupled.feat2], axis=-1)
-    if model.detach_features:
-        features = jax.lax.stop_gradient(features)
     if model.standardize_features:
         features = standardize(features)
     return features, color_image
