@@ -173,7 +173,8 @@ def robust_curve(
     """Robust accuracy against the attack radius: ``{attack_name: class_report}``, one PGD-CE per radius.
 
     Each radius runs ``adv.eval_steps`` steps of ``adv.eval_step_size * epsilon / adv.eval_epsilon`` (the
-    configured attack, scaled, so every radius is crossed in the same number of steps), under the threat
+    configured attack, scaled, so every radius is crossed in the same number of steps; ``epsilon / 4`` when
+    the configured radius is 0), under the threat
     model of ``adv.eval_through_decouplers``. Keys are ``attack_name``'s, so the reports sit beside
     ``evaluate_split``'s ``robust`` entries.
 
@@ -185,7 +186,9 @@ def robust_curve(
     for epsilon in epsilons:
         adv = ml_collections.ConfigDict(config.adv.to_dict())
         adv.eval_epsilon = float(epsilon)
-        adv.eval_step_size = float(config.adv.eval_step_size) * float(epsilon) / float(config.adv.eval_epsilon)
+        configured = float(config.adv.eval_epsilon)
+        adv.eval_step_size = (float(config.adv.eval_step_size) * float(epsilon) / configured if configured > 0
+                              else float(epsilon) / 4)
         _, adversarial = confusion_matrices(model, variables, _split_batches(config, data, split), adv_config=adv,
                                             robust=True, seed=int(config.seed))
         curve[attack_name(adv)] = metrics.class_report(adversarial, class_names)
