@@ -179,6 +179,8 @@ def plot_robust_curves(curves: Mapping[str, Mapping[float, Mapping[str, float]]]
         axis.plot(radii, means, marker="o", label=method)
         axis.fill_between(radii, means - stds, means + stds, alpha=0.2)
     axis.set_xscale("log", base=2)
+    ticks = sorted({radius for points in curves.values() for radius in points})
+    axis.set_xticks(ticks, labels=[f"{radius:g}" for radius in ticks])
     axis.set_xlabel("L-inf radius (x/255)")
     axis.set_ylabel("robust average accuracy (%)")
     axis.set_ylim(-2, 102)
