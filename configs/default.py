@@ -43,11 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.use_decouplers = True  # False: the baseline of Table 2 (classifier sees the color-transformed image only).
     model.color_space = "ycbcr"  # gray | ycbcr | hsv | lab: the color transform Y_c of Algorithm 1.
     # squeezenet1_1 only: BatchNorm after each convolution (not in torchvision). Without it the network sat
-    # at chance for 6 of 10 epochs on real digit scans and never left it on users' photographs (issue 9).
+    # at chance for 6 of 10 epochs on real digit scans and never left it on users' photographs.
     model.squeezenet_batch_norm = True
     # batch | group: normalization inside IC1/IC2. group has no batch statistics, so the features the
     # classifier trains on (train mode) and is evaluated and attacked on (eval mode) are the same; it is
-    # also faster than BatchNorm in the decouplers on CPU (issue 9 note).
+    # also faster than BatchNorm in the decouplers on CPU.
     model.icfdnet_norm = "group"
     model.standardize_features = True  # Standardise Feat1/Feat2 per image and channel before concatenation.
     model.detach_features = False  # True: the classifier's loss does not update IC1/IC2 (only Ls, Lc do).
@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     adv.step_size = 2 / 255  # Inner-max step, scaled per class by epsilon_i / epsilon (TRADES 2/255).
     adv.warmup_epochs = 1  # Epochs with uniform epsilon/beta before calibration starts (CFA's warm-up).
     # Epochs of clean training (beta_i = 0) before the TRADES term of Eq. 3 is switched on: adversarial
-    # training from the first step cost 4 points of test average on the benchmark (issue 9 diagnosis).
+    # training from the first step cost 4 points of test average on the benchmark.
     adv.start_epoch = 3
     adv.through_decouplers = False  # True: perturb x before IC1/IC2 (end-to-end); False: Fig. 2, features held fixed.
     # Where x' lives: image (x' is an image; see through_decouplers) | classifier_input (every channel of

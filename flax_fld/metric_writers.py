@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from flax_fld.progress import format_duration
+
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
 
@@ -140,20 +142,6 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
         if not np.all(np.isfinite(array)):
             shown = array.item() if array.ndim == 0 else array.tolist()
             raise FloatingPointError(f"non-finite {key}={shown} at step {int(step)}")
-
-
-def format_duration(seconds: float) -> str:
-    """Formats a duration compactly: ``42s``, ``4m21s``, ``2h05m``; ``?`` when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _format_metric(key: str, value: Any) -> str | None:

@@ -1,16 +1,25 @@
 """Progress lines for long jobs: elapsed time and an ETA from the mean duration of the finished units."""
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 
-def format_duration(seconds: float) -> str:
-    """``42.0s``, ``6m01s`` or ``1h02m`` (hours and minutes beyond an hour: the seconds no longer matter)."""
-    seconds = max(float(seconds), 0.0)
-    if seconds < 60:
+def format_duration(seconds: float | None) -> str:
+    """``4.2s``, ``42s``, ``6m01s`` or ``1h02m``; ``?`` when unknown (None, infinite or negative).
+
+    Tenths only below ten seconds, where they still carry information (a compile, an evaluation); beyond an
+    hour the seconds no longer matter.
+    """
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 10:
         return f"{seconds:.1f}s"
-    minutes, whole_seconds = divmod(int(round(seconds)), 60)
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, whole_seconds = divmod(whole, 60)
     if minutes < 60:
         return f"{minutes}m{whole_seconds:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -83,8 +83,11 @@ def test_a_misspelt_config_key_is_one_line_also_with_the_default_config():
     assert last.startswith("error: bad config override (") and "imagesize" in last
 
 
-@pytest.mark.parametrize("seconds, text", [(0.04, "0.0s"), (42.0, "42.0s"), (361.0, "6m01s"), (3725.0, "1h02m")])
+@pytest.mark.parametrize("seconds, text", [(0.04, "0.0s"), (4.25, "4.2s"), (42.0, "42s"), (59.4, "59s"),
+                                            (61, "1m01s"), (361.0, "6m01s"), (3600, "1h00m"), (3725.0, "1h02m"),
+                                            (None, "?"), (float("inf"), "?"), (-1.0, "?")])
 def test_durations_read_as_a_person_would_write_them(seconds, text):
+    # One formatter serves the training progress line, the ablation and the evaluation logs.
     assert progress.format_duration(seconds) == text
 
 

@@ -139,10 +139,6 @@ def test_progress_rejects_bad_arguments_and_unknown_rate():
     assert rate == 0.0 and math.isinf(eta)
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.4, "59s"), (61, "1m01s"), (3600, "1h00m"),
-                                            (7530, "2h05m"), (float("inf"), "?")])
-def test_format_duration(seconds, text):
-    assert metric_writers.format_duration(seconds) == text
 
 
 def test_read_metrics_tolerates_truncated_tail_but_not_corruption(tmp_path):

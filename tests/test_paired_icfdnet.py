@@ -1,4 +1,4 @@
-"""paired_icfdnet computes IC1 and IC2 exactly as two ICFDNet.apply calls do (issue 10)."""
+"""paired_icfdnet computes IC1 and IC2 exactly as two ICFDNet.apply calls do."""
 
 import jax
 import jax.numpy as jnp

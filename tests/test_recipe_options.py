@@ -1,4 +1,4 @@
-"""The training options added to make the recipe learn (issue 9), each on tiny shapes.
+"""The training options that make the recipe learn, each on tiny shapes.
 
 SqueezeNet's BatchNorm, GroupNorm decouplers, feature standardisation, detached features, the clean start of
 adversarial training (``adv.start_epoch``), best-epoch tie-breaking and the collapse report.

@@ -1,4 +1,4 @@
-"""A convolution that XLA's CPU backend runs fast in both directions, inside the attack loop too (issue 10).
+"""A convolution that XLA's CPU backend runs fast in both directions, inside the attack loop too.
 
 ``conv2d`` computes exactly ``lax.conv_general_dilated``, in one of two ``custom_vjp`` forms:
 - patches @ kernel, where ``use_patches`` says so. Output maps of at most ``MAX_PATCH_POSITIONS`` pixels,

@@ -1,4 +1,4 @@
-"""Which form ``conv.Conv`` and ``pooling.max_pool`` take: the CPU rewrites of issue 10, or XLA's own ops.
+"""Which form ``conv.Conv`` and ``pooling.max_pool`` take: the CPU rewrites in this package, or XLA's own ops.
 
 The rewrites (patches @ kernel, HWIO input gradients, separable max pools with their own gradients) exist
 because XLA's CPU convolution and ``select_and_scatter`` are slow in the shapes these networks have. On a

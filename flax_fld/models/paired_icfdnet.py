@@ -1,4 +1,4 @@
-"""IC1 and IC2 computed in one pass, each layer as one block-diagonal convolution (issue 10).
+"""IC1 and IC2 computed in one pass, each layer as one block-diagonal convolution.
 
 IC1 and IC2 have one architecture and read one image, and on a CPU their narrow convolutions (4 and 8
 channels in the cpu preset) cost per-operation overhead far more than arithmetic: one 3x3 convolution +

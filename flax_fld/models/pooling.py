@@ -3,7 +3,7 @@
 ``nn.max_pool`` lowers to ``reduce_window``, and its gradient to ``select_and_scatter``, which XLA's CPU
 backend expands into a variadic ``reduce_window`` over (value, index) pairs. On SqueezeNet's first pool
 (3x3, stride 2, [32, 31, 31, 64]) that gradient took ~54 ms of CPU time against ~4 ms here, and the attack
-loop pays it at every step (issue 10 profile). ``max_pool`` computes the same maximum as separable 1-D pools,
+loop pays it at every step (BENCHMARKS.md). ``max_pool`` computes the same maximum as separable 1-D pools,
 each written with a reshape and unit-stride slices, and gives each 1-D pool a ``custom_vjp``: the window
 term that holds the maximum gets the gradient, and each kernel tap's share is padded into place, so the
 gradient is selects, pads and adds that XLA fuses (the automatic transpose of the chain of ``jnp.maximum``

@@ -79,8 +79,8 @@ class SqueezeNet(nn.Module):
         num_classes: K.
         dropout_rate: dropout before the classifier convolution (torchvision: 0.5); uses the 'dropout' rng.
         batch_norm: BatchNorm after every convolution but the last (not in torchvision). From scratch on a
-            few hundred images the plain network sits at chance for several epochs (issue 9: 6 of 10 epochs
-            on 432 digit scans); with BatchNorm it learns from the first epoch.
+            few hundred images the plain network sits at chance for several epochs (6 of 10 epochs on
+            432 digit scans); with BatchNorm it learns from the first epoch.
     """
 
     num_classes: int
