@@ -20,7 +20,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,13 +248,25 @@ class Comparison:
         return "DIFFERENT: " + "; ".join(self.differences[:3]) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _tolerance_for(name: str, atol: float, rtol: float,
+                   tolerances: Mapping[str, float]) -> tuple[float, float]:
+    """``(atol, rtol)`` of one array: the entry of ``tolerances`` whose key is the array's top-level name
+    (``class_epsilon``, ``params``, ``opt_state``...) as an absolute tolerance, else the defaults."""
+    top = name.split("/", 1)[0]
+    return (tolerances[top], 0.0) if top in tolerances else (atol, rtol)
+
+
 def compare_checkpoints(reference: str, candidate: str, dirname: str = CHECKPOINT_DIRS[0], step: int | None = None,
-                        *, atol: float = 0.0, rtol: float = 0.0) -> Comparison:
+                        *, atol: float = 0.0, rtol: float = 0.0,
+                        tolerances: Mapping[str, float] | None = None) -> Comparison:
     """Compares one checkpoint (step ``step``, default the newest) of two workdirs: every array and the meta.
 
-    ``atol``/``rtol`` 0 (the default) demand bit-identical arrays; integer arrays (counters, rng, step)
-    and the meta JSON are always compared exactly.
+    ``atol``/``rtol`` 0 (the default) demand bit-identical arrays; ``tolerances`` gives one kind of array its
+    own absolute tolerance by top-level name (``{"class_epsilon": 1e-3, "params": 1e-2}``), since a bound that
+    suits weights can exceed the whole range of a per-class epsilon. Integer arrays (counters, rng, step) and
+    the meta JSON are always compared exactly.
     """
+    tolerances = dict(tolerances or {})
     try:
         ref_step, ref_arrays, ref_meta = read_checkpoint(reference, dirname, step)
         found_step, arrays, meta = read_checkpoint(candidate, dirname, step)
@@ -265,12 +277,14 @@ def compare_checkpoints(reference: str, candidate: str, dirname: str = CHECKPOIN
     largest, common = 0.0, sorted(set(ref_arrays) & set(arrays))
     for name in common:
         expected, actual = ref_arrays[name], arrays[name]
-        found = _array_difference(f"{dirname}/{name}", expected, actual, atol, rtol)
+        found = _array_difference(f"{dirname}/{name}", expected, actual, *_tolerance_for(name, atol, rtol, tolerances))
         differences += [found] if found else []
         if np.issubdtype(expected.dtype, np.floating) and expected.shape == actual.shape:
             largest = max(largest, float(np.max(np.abs(expected - actual), initial=0.0)))
     differences += _json_differences(ref_meta, meta, f"{dirname}/meta", 0.0)
-    tolerance = f"float arrays within atol={atol:g} rtol={rtol:g}" if atol or rtol else ""
+    bounds = [f"float arrays within atol={atol:g} rtol={rtol:g}"] if atol or rtol else []
+    bounds += [f"{key} within {value:g}" for key, value in sorted(tolerances.items())]
+    tolerance = ", ".join(bounds)
     return Comparison(differences, len(common), largest, f"{dirname}/{ref_step} and its meta", tolerance)
 
 

@@ -13,7 +13,7 @@ one process when the weights are perturbed by 1e-6), so the comparison is:
 * after step 1 (WORKDIR/checkpoints/1): every float array within ATOL/RTOL, integer arrays (counters, rng,
   step) and the meta (iterator position, best epoch and its validation figures) exactly;
 * after step 2 (the final checkpoint): integer arrays and meta exactly, float arrays within the loose
-  FINAL_ATOL (measured 4.4e-3);
+  the per-kind bounds of FINAL_TOLERANCES (weights measured 4.4e-3 apart);
 * per-class figures, exactly: every epoch's validation accuracies, class epsilon/beta and adversarial
   training accuracies (metrics.jsonl), and eval.json's clean test report. eval.json's robust accuracies are
   only checked for their attacks and example counts: PGD ascends along sign(gradient), which turns
@@ -37,11 +37,18 @@ from flax_fld import checkpointing, config_files, crash_test, distributed, input
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 900
 ATOL, RTOL = 1e-5, 1e-5  # after one step
-FINAL_ATOL = 5e-2  # after two steps: a sanity bound only (see the module docstring)
 # Acc_i counts discrete attack outcomes computed from weights that agree to ~1e-6 after the first step: an
 # example on a decision boundary may flip between the two layouts (one of a class's 13 examples, 0.077,
 # measured once the convolutions took custom gradients). More than one example per class would be a bug.
 ONE_EXAMPLE = 1 / 12
+# After two steps each kind of array gets the bound its own arithmetic allows, never one shared bound:
+# weights and optimizer moments drift by the amplified last-bit differences (measured 4.4e-3; bound 4.5x
+# that); class_acc by one example; Eq. 1 scales that by epsilon, and Eq. 2's slope in Acc_i is at most beta,
+# so epsilon/beta move by at most epsilon or beta times one example (a 5e-2 bound would exceed epsilon itself).
+_ADV = config_files.load_config("tiny").adv
+FINAL_TOLERANCES = {"params": 2e-2, "batch_stats": 2e-2, "opt_state": 2e-2, "averaged_params": 2e-2,
+                    "class_acc": ONE_EXAMPLE + 1e-6, "class_epsilon": _ADV.epsilon * ONE_EXAMPLE + 1e-7,
+                    "class_beta": _ADV.beta * ONE_EXAMPLE + 1e-6}
 
 
 def tiny_config():
@@ -92,12 +99,12 @@ def test_after_one_step_two_processes_match_one_process_with_four_devices(runs):
 
 def test_final_state_integers_and_meta_match_and_floats_stay_close(runs):
     single, multi, _ = runs
-    comparison = crash_test.compare_checkpoints(single, multi, atol=FINAL_ATOL, rtol=0.0)
+    comparison = crash_test.compare_checkpoints(single, multi, tolerances=FINAL_TOLERANCES)
     print(f"2x2 vs 1x4 after two steps: max |float diff| {comparison.max_abs_diff:.3g}")
-    others = [d for d in comparison.differences if not d.startswith("checkpoints/class_acc:")]
-    assert others == [], others  # integers and meta are compared exactly
-    class_acc = [crash_test.read_checkpoint(workdir)[1]["class_acc"] for workdir in (single, multi)]
-    assert np.abs(class_acc[0] - class_acc[1]).max() <= ONE_EXAMPLE + 1e-6
+    assert comparison.differences == [], comparison.differences  # integers and meta exactly
+    _, arrays, _ = crash_test.read_checkpoint(multi)
+    float_kinds = {name.split("/", 1)[0] for name, array in arrays.items() if np.issubdtype(array.dtype, np.floating)}
+    assert float_kinds <= set(FINAL_TOLERANCES), float_kinds - set(FINAL_TOLERANCES)  # none compared bit-exact
 
 
 def test_per_class_figures_match(runs):

@@ -64,11 +64,14 @@ def _report(counts_by_column: tuple[int, ...]) -> dict:
 
 
 def test_split_size():
+    """Documents the paper's data (no project code): the four class counts add up to its 264 test images."""
     assert sum(SUPPORT.values()) == 264
 
 
 @pytest.mark.parametrize("method", sorted(CONSISTENT_COUNTS))
 def test_counts_are_the_unique_fit(method):
+    """Documents the paper's data (no project code): each printed percentage has one integer count, so the
+    golden rows below are not a choice among several."""
     percents = PRINTED[method][0]
     for column, percent, count in zip(PAPER_COLUMNS, percents, CONSISTENT_COUNTS[method]):
         assert _counts_for(percent, SUPPORT[column]) == [count], (method, column)
@@ -121,7 +124,8 @@ def test_printed_values_truncated_rather_than_rounded():
     ],
 )
 def test_impossible_percentages(method, column, percent):
-    """Printed per-class values that no integer count over the test split produces."""
+    """Documents the paper's data (no project code): printed per-class values that no integer count over the
+    test split produces, which is why those rows are not golden values."""
     assert percent in PRINTED[method][0]
     assert _counts_for(percent, SUPPORT[column]) == []
 
