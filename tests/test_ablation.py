@@ -225,3 +225,33 @@ def test_paired_comparison_reads_row_directories(tmp_path):
     assert "| robust:pgd5_linf_8/255 | 0.50 | 5.50 | +5.00" in table
     with pytest.raises(ValueError, match="no seed_<s>/eval.json"):
         ablation.row_reports(str(tmp_path / "missing"))
+
+
+def _variant_row(root, row: str, averages: list[float], adversarial: bool, gaps: list[float]) -> str:
+    """A row directory of seed_<s> runs with eval.json, config.json and metrics.jsonl (one AT epoch each)."""
+    for seed, (average, gap) in enumerate(zip(averages, gaps)):
+        run = root / row / f"seed_{seed}"
+        os.makedirs(run)
+        report = _robust_report({2: average / 2})
+        report["average"], report["best_worst"] = average, 100.0 - average
+        (run / "eval.json").write_text(json.dumps(report))
+        (run / "config.json").write_text(json.dumps({"adv": {"enabled": adversarial}}))
+        epochs = [{"kind": "epoch", "step": 1, "epoch": 1, "class_beta": [0.0] * 4, "train_clean_acc": 0.5, "train_adv_acc": 0.1},
+                  {"kind": "epoch", "step": 2, "epoch": 2, "class_beta": [0.5] * 4, "train_clean_acc": 0.8,
+                   "train_adv_acc": 0.8 - gap / 100}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in epochs))
+    return str(root / row)
+
+
+def test_variant_table_pairs_every_row_with_the_reference(tmp_path):
+    reference = _variant_row(tmp_path, "icfdnet", [80.0, 70.0, 75.0], False, [0.0] * 3)
+    variant = _variant_row(tmp_path, "icfdnet_at", [82.0, 73.0, 76.0], True, [4.0, 6.0, 5.0])
+    assert np.isnan(ablation.adversarial_training_gap(os.path.join(reference, "seed_0")))
+    # Only epochs with the TRADES term on count: epoch 1's 40-point gap (beta 0) is left out.
+    assert ablation.adversarial_training_gap(os.path.join(variant, "seed_1")) == pytest.approx(6.0)
+    lines = ablation.format_variant_table(reference, [variant]).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith(f"| {reference} | 0, 1, 2 | 75.00 ± 5.00 | 25.00 ± 5.00 | – | – | – |")
+    # Paired differences 2, 3, 1: mean 2, half-width t(0.975, 2) * 1 / sqrt(3) = 2.48.
+    assert f"| {variant} | 0, 1, 2 | 77.00 ± 4.58 | 23.00 ± 4.58 | +2.00 [-0.48, +4.48] | -2.00 [-4.48, +0.48] | " \
+           "5.00 ± 1.00 | pgd5_linf_2/255: 38.50 ± 2.29;" in lines[3]
