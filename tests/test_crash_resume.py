@@ -106,7 +106,8 @@ def test_killed_and_resumed_run_is_bit_identical_to_uninterrupted_run(runs):
     assert step == TOTAL_STEPS and meta["epoch"] == 2
     assert comparison.arrays == 2 * len(arrays)  # final and best checkpoints, every array
     expected = crash_test.read_checkpoint(reference)[1]
-    # Spelled out for the arrays the issue names (compare_runs already checked them with all the others).
+    # Spelled out for the arrays a resume must restore exactly: the parameters and the class-adaptive epsilon
+    # and beta (compare_runs already checked them with all the others).
     params = [name for name in arrays if name.startswith("params/")]
     for name in params + ["class_epsilon", "class_beta"]:
         assert arrays[name].tobytes() == expected[name].tobytes(), name
