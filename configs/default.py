@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
     # class_folders: regular expression on an image's file name whose first group (or whole match) is its
     # patient id, e.g. '^(P\d+)_' for P017_frame03.png; every patient's frames then go to one split. "": none.
     data.patient_regex = ""
+    # class_folders, DICOM files (.dcm): every frame is an image and all go to the file's split; this keeps
+    # all files of one patient | study (PatientID | StudyInstanceUID, stored hashed) in one split, or each
+    # file on its own (file). data.patient_regex groups the other images.
+    data.dicom_group_by = "patient"
     data.augment = True  # Train-time flip / shift / gain jitter (never a vertical flip: depth is physical).
 
     config.model = model = ml_collections.ConfigDict()
@@ -137,4 +141,15 @@ def get_config() -> ml_collections.ConfigDict:
     train.async_checkpointing = True  # Write checkpoints in a background thread while training continues.
     train.plot_every_epochs = 1  # Redraw WORKDIR/plots/class_*.png every N epochs (0: only at the end).
     train.num_grid_examples = 8  # Test images shown in WORKDIR/plots/decoupling_grid.png.
+    # float32 | bfloat16: what the training step's convolutions and matrix products compute in. For
+    # accelerators (GPU tensor cores, TPU); on a CPU bfloat16 is usually slower. Parameters, optimizer state,
+    # normalisation, losses, the image and x' stay float32 either way, checkpoints are identical in structure,
+    # and evaluation, robust evaluation and prediction always run in float32.
+    train.compute_dtype = "float32"
+
+    # The test report (eval.json 'calibration', WORKDIR/plots/reliability_diagram.png; flax_fld/reliability.py).
+    config.eval = eval_config = ml_collections.ConfigDict()
+    # Also fit a softmax temperature on the validation split (NLL) and report the test ECE after it beside
+    # the ECE before; accuracy never changes (argmax is invariant). False: the ECE before only.
+    eval_config.temperature_scaling = True
     return config

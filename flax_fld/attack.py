@@ -10,6 +10,10 @@ Eq. 1 gathered by label); they broadcast over H, W, C.
 
 The attacks work on images in [0, 1] by default; ``valid_range=None`` drops that box, for an attack in the
 classifier's input space x_c, whose standardised feature channels have no fixed range.
+
+x, x' and the projection are float32 even when the model computes in bfloat16 (``train.compute_dtype``):
+near 1.0 bfloat16's spacing is 2^-8 to 2^-7, so a 1/255 step or an 8/255 ball would be rounded away. The
+model casts its own input; x' is never cast, and a lower-precision x is refused (``check_float32``).
 """
 
 from collections.abc import Callable
@@ -32,6 +36,13 @@ def per_example(name: str, value: float | jax.Array, x: jax.Array) -> jax.Array:
     if value.shape != (x.shape[0],):
         raise ValueError(f"attack: {name} must be a scalar or a [B]=({x.shape[0]},) array, got shape {value.shape}")
     return value.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def check_float32(x: jax.Array) -> None:
+    """Refuses a floating x narrower than float32 (bfloat16, float16): the attack's steps would vanish in it."""
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        raise ValueError(f"attack: x is {x.dtype}; the attack needs float32 inputs (the model may compute in "
+                         "bfloat16, but x' and its projection stay float32)")
 
 
 ValidRange = Optional[tuple[float, float]]
@@ -116,6 +127,7 @@ def trades_pgd(
     _check_steps(num_steps)
     if random_start not in RANDOM_STARTS:
         raise ValueError(f"attack.trades_pgd: random_start={random_start!r}; expected one of {RANDOM_STARTS}")
+    check_float32(x)
     x = jax.lax.stop_gradient(x)
     epsilon = per_example("epsilon", epsilon, x)
     step_size = per_example("step_size", step_size, x)
@@ -163,6 +175,7 @@ def pgd_ce(
     _check_steps(num_steps)
     if jnp.shape(labels) != (x.shape[0],):
         raise ValueError(f"attack.pgd_ce: labels must have shape ({x.shape[0]},), got {jnp.shape(labels)}")
+    check_float32(x)
     x = jax.lax.stop_gradient(x)
     epsilon = per_example("epsilon", epsilon, x)
     step_size = per_example("step_size", step_size, x)

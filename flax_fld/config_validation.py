@@ -15,8 +15,9 @@ import ml_collections
 from flax_fld import color, datasets, pretrained, weight_averaging
 from flax_fld.attack import RANDOM_STARTS
 from flax_fld.objective import ATTACK_SPACES
-from flax_fld.datasets import folder_split
+from flax_fld.datasets import dicom_files, folder_split
 from flax_fld.models import registry
+from flax_fld.models.fld import COMPUTE_DTYPES
 from flax_fld.models.icfdnet import ICFDNET_PRESETS, NORMS
 from flax_fld.models.vit import VIT_PRESETS
 
@@ -86,6 +87,7 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "data.split_fractions": _split_fractions,
     "data.split_seed": NON_NEGATIVE_INT,
     "data.patient_regex": _regular_expression,
+    "data.dicom_group_by": _one_of(dicom_files.GROUP_BY),
     "model.classifier": _one_of(sorted(registry)),
     "model.vit_preset": _one_of(sorted(VIT_PRESETS)),
     "model.icfdnet_preset": _one_of(sorted(ICFDNET_PRESETS)),
@@ -149,6 +151,8 @@ CHECKS: dict[str, Callable[[object], str]] = {
     "train.resume_with_changes": _boolean,
     "train.plot_every_epochs": NON_NEGATIVE_INT,
     "train.num_grid_examples": NON_NEGATIVE_INT,
+    "train.compute_dtype": _one_of(COMPUTE_DTYPES),
+    "eval.temperature_scaling": _boolean,
 }
 
 

@@ -1,7 +1,8 @@
 """Per-class evaluation of a trained model: clean accuracy and robust accuracy under PGD-CE.
 
 This module only computes (on the devices) and returns report dicts; ``reporting`` shapes them into records,
-tables and the best-epoch key, and ``run_outputs`` writes them to files and plots.
+tables and the best-epoch key, and ``run_outputs`` writes them to files and plots. ``calibration_report``
+brings a split's logits to the host for eval.json's ``calibration`` (``flax_fld.reliability``).
 
 Every example of the split is counted exactly once (the input pipeline pads the last batch and marks the
 padding with ``mask``); confusion matrices are summed over devices inside the pmapped step, and the reports
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from flax_fld import attack, input_pipeline, metrics
+from flax_fld import attack, input_pipeline, metrics, reliability
 from flax_fld.models import fld
 
 
@@ -44,7 +45,7 @@ def eval_step(
         variables: ``{'params', 'batch_stats'}`` (replicated).
         batch: ``{'image' [B,H,W,C], 'label' int [B], 'mask' bool [B]}``.
         key: PRNG key of the attack's random start (folded with the device index here).
-        model: the static FLD model.
+        model: the static FLD model; evaluated in float32 whatever its compute dtype (``fld.float32_model``).
         robust: also attack with PGD-CE.
         attack_settings: ``(epsilon, num_steps, step_size, through_decouplers)``.
 
@@ -53,6 +54,7 @@ def eval_step(
         when ``robust`` is False).
     """
     images, labels, mask = batch["image"], batch["label"], batch["mask"]
+    model = fld.float32_model(model)  # a bfloat16-trained model's float32 variables, evaluated in float32
     num_classes = model.num_classes
     logits, _ = fld.forward(model, variables, images, train=False)
     clean = metrics.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes, mask)
@@ -159,6 +161,94 @@ def evaluate_split(
     report["class_names"] = class_names
     report["split"] = split
     return report
+
+
+def logits_step(variables: dict, batch: dict, *, model: fld.FLDModel) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Clean logits of one per-device batch, gathered from every device (call under pmap).
+
+    Args:
+        variables: ``{'params', 'batch_stats'}`` (replicated).
+        batch: ``{'image' [B,H,W,C], 'label' int [B], 'mask' bool [B]}``.
+        model: the static FLD model; run in float32, as ``eval_step`` runs it, so that the probabilities
+            belong to the predictions the confusion matrices count.
+
+    Returns:
+        ``(logits float32 [D, B, K], labels int32 [D, B], mask bool [D, B])`` over all ``D`` devices, the same
+        on every device, so that every process holds the whole split (as the summed confusion matrices do).
+    """
+    model = fld.float32_model(model)
+    logits, _ = fld.forward(model, variables, batch["image"], train=False)
+    local = (logits.astype(jnp.float32), batch["label"], batch["mask"])
+    return jax.tree.map(lambda value: lax.all_gather(value, "batch"), local)
+
+
+@functools.lru_cache(maxsize=16)
+def _parallel_logits_step(model: fld.FLDModel):
+    return jax.pmap(functools.partial(logits_step, model=model), axis_name="batch", in_axes=(None, 0),
+                    out_axes=None)
+
+
+def split_logits(
+    model: fld.FLDModel,
+    variables: dict,
+    config: ml_collections.ConfigDict,
+    data: input_pipeline.DataSource,
+    *,
+    split: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clean logits and labels of every example of ``split`` on the host, evaluation padding dropped.
+
+    Returns:
+        ``(logits float32 [N, K], labels int32 [N])``, N the split's size (the order is not the data set's:
+        examples come grouped by device); ``softmax(logits)`` gives the probabilities.
+    """
+    step = _parallel_logits_step(model)
+    logits, labels = [], []
+    for batch in _split_batches(config, data, split):
+        batch_logits, batch_labels, mask = (np.asarray(value) for value in step(variables, batch))
+        mask = mask.reshape(-1)
+        logits.append(batch_logits.reshape(-1, batch_logits.shape[-1])[mask])
+        labels.append(batch_labels.reshape(-1)[mask])
+    if not logits:
+        return np.zeros((0, model.num_classes), np.float32), np.zeros((0,), np.int32)
+    return np.concatenate(logits), np.concatenate(labels).astype(np.int32)
+
+
+def temperature_scaling_enabled(config: ml_collections.ConfigDict) -> bool:
+    """``config.eval.temperature_scaling``; True for runs whose config.json predates the key."""
+    section = config.get("eval")
+    return True if section is None else bool(section.get("temperature_scaling", True))
+
+
+def calibration_report(
+    model: fld.FLDModel,
+    variables: dict,
+    config: ml_collections.ConfigDict,
+    data: input_pipeline.DataSource,
+    *,
+    split: str = "test",
+) -> dict[str, Any]:
+    """The ``calibration`` field of eval.json: ECE of ``split``'s clean softmax probabilities, overall and per
+    class, and, with ``eval.temperature_scaling``, the temperature fitted on the validation split and the ECE
+    after it (``reliability.calibration_summary``; ECEs are fractions in [0, 1]).
+
+    The temperature is fitted on the validation split, never on the evaluated one (unless that is the
+    validation split itself, where the ECE after it is then in-sample); ``temperature_fitted_on`` says which.
+    Accuracy is unaffected: dividing logits by T > 0 keeps every argmax.
+    """
+    logits, labels = split_logits(model, variables, config, data, split=split)
+    validation_logits = validation_labels = None
+    if temperature_scaling_enabled(config):
+        validation_logits, validation_labels = (
+            (logits, labels) if split == "validation"
+            else split_logits(model, variables, config, data, split="validation"))
+        if len(validation_labels) == 0:  # a data set without a validation split: report ECE alone
+            validation_logits = validation_labels = None
+    summary = reliability.calibration_summary(logits, labels, list(data.info.class_names),
+                                              validation_logits=validation_logits,
+                                              validation_labels=validation_labels)
+    summary["temperature_fitted_on"] = None if validation_logits is None else "validation"
+    return summary
 
 
 def robust_curve(

@@ -11,12 +11,16 @@ from flax_fld.progress import format_duration
 
 
 def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test", strong: bool = False,
-                        log: Callable[[str], Any] = print,
+                        strong_epsilon: float | None = None, log: Callable[[str], Any] = print,
                         clock: Callable[[], float] = time.monotonic) -> tuple[dict, str]:
     """Evaluates WORKDIR's ``which`` checkpoint on ``split``; returns ``(report, text to print)``.
 
-    The report (written to WORKDIR/eval.json, or eval_<split>.json) holds the clean per-class accuracy, PGD-CE
-    under both threat models (``robust``) and, with ``strong``, ``strong_robust`` (flax_fld/robust_eval.py).
+    The report (written to WORKDIR/eval.json, or eval_<split>.json) holds the clean per-class accuracy with
+    95 % intervals, PGD-CE under both threat models (``robust``), ``calibration`` (ECE before and after a
+    temperature fitted on the validation split, ``evaluate.calibration_report``) and, with ``strong``,
+    ``strong_robust`` (flax_fld/robust_eval.py).
+    ``strong_epsilon`` runs the strong attacks at that radius (PGD step a quarter of it) instead of the run's
+    ``adv.eval_epsilon``: to compare rows trained at different radii at one radius.
     ``log`` gets a line per evaluated part (clean and each attack) with the time elapsed.
     ValueError: a missing or unreadable run directory or checkpoint.
     """
@@ -36,17 +40,39 @@ def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test
         f"| {elapsed()}")
     for attack, robust in report["robust"].items():  # evaluated in the same pass as the clean accuracy
         log(f"{split} split, {attack}: average {robust['average']:.2f}% | {elapsed()}")
+    report["calibration"] = evaluate.calibration_report(model, variables, config, data, split=split)
+    log(f"{split} split, calibration: ECE {100 * report['calibration']['ece']:.2f}% | {elapsed()}")
     if strong:
+        if strong_epsilon is not None:
+            config.adv.eval_epsilon, config.adv.eval_step_size = float(strong_epsilon), float(strong_epsilon) / 4
         report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data, split=split)
         averages = ", ".join(f"{name} {attack_report['average']:.2f}%"
                              for name, attack_report in report["strong_robust"]["attacks"].items())
         log(f"{split} split, strong attacks: {averages} | {elapsed()}")
     report["checkpoint"] = f"{which} checkpoint"
     report["method"] = reporting.method_name(config)
+    _keep_earlier_entries(workdir, report)
     text = f"{split} split, {which} checkpoint:\n{run_outputs.write_report(workdir, report, config)}"
     if "strong_robust" in report:
         text += "\n" + robust_eval.format_strong(report["strong_robust"], report["method"])
     return report, text
+
+
+def _keep_earlier_entries(workdir: str, report: dict) -> None:
+    """Carries over from the existing report of the same checkpoint slot what this evaluation did not recompute
+    (robust-curve radii, an earlier strong evaluation, the epoch training selected), so that re-evaluating
+    never loses a result. The training run's report names its slot ``best checkpoint (epoch N)``."""
+    path = os.path.join(workdir, "eval.json" if report["split"] == "test" else f"eval_{report['split']}.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    if str(earlier.get("checkpoint", "")).split(" (")[0] != report["checkpoint"]:
+        return
+    report["robust"] = {**earlier.get("robust", {}), **report.get("robust", {})}
+    for key in ("strong_robust", "epoch", "last_epoch"):
+        if key in earlier and key not in report:
+            report[key] = earlier[key]
 
 
 def add_robust_curve(workdir: str, epsilons: Sequence[float], *, which: str = "best", split: str = "test",

@@ -1,4 +1,5 @@
-"""PNG figures of a run: per-class curves, class epsilon/beta, the confusion matrix and a decoupling grid.
+"""PNG figures of a run: per-class curves, class epsilon/beta, the confusion matrix, a decoupling grid and the
+reliability diagram of the test probabilities.
 
 Everything renders with matplotlib's Agg backend (no display needed) and returns the path it wrote.
 The curves are drawn from the records of ``metrics.jsonl`` (see ``flax_fld.metric_writers``):
@@ -187,6 +188,53 @@ def plot_robust_curves(curves: Mapping[str, Mapping[float, Mapping[str, float]]]
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
+    figure.tight_layout()
+    _makedirs_for(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_reliability_diagram(calibration: Mapping[str, Any], path: str, *,
+                             title: str = "reliability diagram (top label)") -> str:
+    """Writes the reliability diagram of eval.json's ``calibration`` (``reliability.calibration_summary``).
+
+    Left: accuracy against mean confidence per bin (``bins``: ``count [B]``, ``confidence [B]``,
+    ``accuracy [B]``), one bar per occupied bin, the diagonal as perfect calibration, and the bins after
+    temperature scaling as points when ``bins_after_temperature`` is set. Right: how many examples fall in
+    each bin, since a bar over two images says little. Returns ``path``.
+    """
+    num_bins = int(calibration["num_bins"])
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / num_bins
+    bins = calibration["bins"]
+    count = np.asarray(bins["count"])
+    occupied = count > 0
+    figure, (axis, histogram) = plt.subplots(1, 2, figsize=(9.2, 4.0), gridspec_kw={"width_ratios": [3, 2]})
+    axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    axis.bar(centres[occupied], np.asarray(bins["accuracy"])[occupied], width=width * 0.9, alpha=0.7,
+             edgecolor="black", label=f"model (ECE {100 * calibration['ece']:.1f} %)")
+    after = calibration.get("bins_after_temperature")
+    if after is not None:
+        kept = np.asarray(after["count"]) > 0
+        axis.plot(np.asarray(after["confidence"])[kept], np.asarray(after["accuracy"])[kept], marker="o",
+                  linestyle="none", color="tab:red",
+                  label=(f"after temperature T = {calibration['temperature']:.2f} "
+                         f"(ECE {100 * calibration['ece_after_temperature']:.1f} %)"))
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("confidence (top probability)")
+    axis.set_ylabel("accuracy")
+    axis.set_title(title, fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left")
+    histogram.bar(centres, count, width=width * 0.9, alpha=0.7, edgecolor="black")
+    histogram.set_xlim(0, 1)
+    histogram.set_xlabel("confidence (top probability)")
+    histogram.set_ylabel("examples")
+    histogram.yaxis.set_major_locator(MaxNLocator(integer=True))
+    histogram.set_title("examples per bin (before temperature)", fontsize=10)
+    histogram.grid(alpha=0.3)
     figure.tight_layout()
     _makedirs_for(path)
     figure.savefig(path, dpi=100)

@@ -1,13 +1,17 @@
 """Grading new ultrasound images with a trained model (``launch/predict.py``).
 
-``run`` prints, for each image, the predicted grade and the probability of every class. With ``plot_dir``,
-it also writes DIR/<image name>.png showing the image, IC2's reconstruction and a few decoupled feature maps of
-IC1 and IC2 (flax_fld.plots.plot_decoupling_grid).
+``run`` prints, for each image, the predicted grade and the probability of every class. A DICOM file with
+several frames (a cine loop) gets one such line per frame (``PATH frame 3/30: ...``) and then one for the file:
+its majority grade over the frames and the mean probability of every class (``format_file_summary``). With
+``plot_dir``, it also writes DIR/<image name>.png (DIR/<name>_frame<k>.png per frame) showing the image, IC2's
+reconstruction and a few decoupled feature maps of IC1 and IC2 (flax_fld.plots.plot_decoupling_grid).
 
-Images: PNG, JPEG or BMP, grayscale or RGB, any size. They are prepared exactly as the training data set
-prepares its images (flax_fld.datasets.base.fit_square: padded to a square with black so the depth axis
-is not stretched, bilinear resize to the config's image size, converted to the model's channel count).
-An unreadable image raises ValueError naming the file.
+Images: PNG, JPEG, BMP, TIFF or DICOM (.dcm, needs ``pip install 'flax-fld[dicom]'``), grayscale or RGB, any
+size and bit depth. They are prepared exactly as the training data set prepares its images (integer images
+scaled by their file's own range: flax_fld.datasets.base.image_to_uint8, flax_fld.datasets.dicom_files; then
+flax_fld.datasets.base.fit_square: padded to a square with black so the depth axis is not stretched, bilinear
+resize to the config's image size, converted to the model's channel count). An unreadable image raises
+ValueError naming the file.
 """
 
 from __future__ import annotations
@@ -20,15 +24,12 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from flax_fld.datasets import base
-
-# 8-bit modes that PIL converts to L/RGB without losing range; 16-bit and float images go through the
-# same value check the data set builders use (values must already lie in 0..255 or [0, 1]).
-_HIGH_DEPTH_MODES = ("F", "I", "I;16", "I;16B", "I;16L")
+from flax_fld.datasets import base, dicom_files
 
 
 def decode_image(path: str) -> PIL.Image.Image:
-    """Fully decodes one image file (8-bit L/RGB/RGBA/P..., or 16-bit/float holding 0..255 values).
+    """Fully decodes one (non-DICOM) image file: 8-bit L/RGB/RGBA/P... as is; 16/32-bit integer images scaled
+    by their file's range (a 16-bit PNG/TIFF by 65535) and float images in [0, 1], both to 8-bit L.
 
     Raises:
         ValueError: ``cannot read image <path>: <reason>`` for a missing, corrupt, truncated or
@@ -37,12 +38,23 @@ def decode_image(path: str) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as image:
             image.load()  # a full decode, so a truncated file fails here
-            if image.mode in _HIGH_DEPTH_MODES:
-                return PIL.Image.fromarray(base.array_to_uint8(np.asarray(image), path))
+            if image.mode in base.HIGH_DEPTH_MODES:
+                return base.image_to_uint8(image, path)
             return image.copy()
     except (OSError, SyntaxError, PIL.UnidentifiedImageError, ValueError) as error:
         reason = str(error).replace(f"{path}: ", "")
         raise ValueError(f"cannot read image {path}: {reason}") from None
+
+
+def decode_file(path: str) -> list[PIL.Image.Image]:
+    """Every image of one file: each frame of a DICOM file (8-bit L or RGB), else ``[decode_image(path)]``.
+
+    Raises:
+        ValueError: one line naming the file (dicom_files' messages for a DICOM file, which say what to do).
+    """
+    if not dicom_files.is_dicom(path):
+        return [decode_image(path)]
+    return [PIL.Image.fromarray(base.array_to_uint8(frame, path)) for frame in dicom_files.iter_frames(path)]
 
 
 def prepare_image(image: PIL.Image.Image, image_size: int, channels: int) -> np.ndarray:
@@ -51,8 +63,9 @@ def prepare_image(image: PIL.Image.Image, image_size: int, channels: int) -> np.
 
 
 def read_images(paths: Sequence[str], image_size: int, channels: int) -> np.ndarray:
-    """Image files -> float32 ``[N, image_size, image_size, channels]``; stops at the first unreadable one."""
-    return np.stack([prepare_image(decode_image(path), image_size, channels) for path in paths])
+    """Image files -> float32 ``[N, image_size, image_size, channels]``, N = their images (every frame of a
+    DICOM file, in order); stops at the first unreadable file."""
+    return np.stack([prepare_image(image, image_size, channels) for path in paths for image in decode_file(path)])
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,12 +107,34 @@ def format_prediction(path: str, probabilities: np.ndarray, class_names: Sequenc
     return f"{path}: {class_names[best]} ({100 * probabilities[best]:.1f}%) | {spread}"
 
 
-def plot_paths(paths: Sequence[str], plot_dir: str) -> list[str]:
-    """One PNG per image named after it; a repeated name gets its position appended."""
+def majority_grade(probabilities: np.ndarray) -> tuple[int, int]:
+    """(class, votes): the class predicted for most of the frames ``probabilities [F, K]``; a tie goes to the
+    tied class of highest mean probability."""
+    votes = np.bincount(np.argmax(probabilities, axis=-1), minlength=probabilities.shape[-1])
+    tied = np.flatnonzero(votes == votes.max())
+    best = int(tied[np.argmax(probabilities.mean(axis=0)[tied])])
+    return best, int(votes[best])
+
+
+def format_file_summary(path: str, probabilities: np.ndarray, class_names: Sequence[str]) -> str:
+    """The line for a file of several frames ``probabilities [F, K]``: its majority grade and mean probabilities.
+
+    ``scan.dcm: moderate (majority, 21 of 30 frames) | mean normal 5.0% mild 18.0% moderate 71.0% severe 6.0%``.
+    """
+    best, votes = majority_grade(probabilities)
+    spread = " ".join(f"{name} {100 * p:.1f}%" for name, p in zip(class_names, probabilities.mean(axis=0)))
+    return f"{path}: {class_names[best]} (majority, {votes} of {len(probabilities)} frames) | mean {spread}"
+
+
+def plot_paths(paths: Sequence[str], plot_dir: str, frames: Sequence[int | None] | None = None) -> list[str]:
+    """One PNG per image named after it (``<name>_frame<k>`` for frame k of a multi-frame file, ``frames``
+    giving k or None per entry); a repeated name gets its position appended."""
     seen: set[str] = set()
     outputs = []
     for index, path in enumerate(paths):
         stem = os.path.splitext(os.path.basename(path))[0] or f"image_{index}"
+        if frames is not None and frames[index] is not None:
+            stem = f"{stem}_frame{frames[index]}"
         name = stem if stem not in seen else f"{stem}_{index}"
         seen.add(name)
         outputs.append(os.path.join(plot_dir, f"{name}.png"))
@@ -110,23 +145,35 @@ def run(workdir: str, image_paths: Sequence[str], *, which: str = "best", plot_d
         batch_size: int = 32, loaded: tuple | None = None) -> list[str]:
     """Loads the model, predicts every image, prints and returns one line per image; writes plots if asked.
 
+    A file of several frames (DICOM) gives a line per frame and then its ``format_file_summary`` line.
     ``loaded`` is an already loaded ``train.load_for_inference(workdir, which)`` result (skips loading).
     """
     from flax_fld import plots, train
 
-    decoded = [decode_image(path) for path in image_paths]  # a bad file fails before the model is loaded
+    decoded = [decode_file(path) for path in image_paths]  # a bad file fails before the model is loaded
     if loaded is None:
         loaded = train.load_for_inference(workdir, which=which)
     _, model, variables, info = loaded
     image_size, _, channels = info.image_shape
-    images = np.stack([prepare_image(image, image_size, channels) for image in decoded])
+    images = np.stack([prepare_image(image, image_size, channels) for frames in decoded for image in frames])
     probabilities, maps = predict(model, variables, images, batch_size=batch_size)
-    lines = [format_prediction(path, p, info.class_names) for path, p in zip(image_paths, probabilities)]
+    lines, sources, frame_numbers, start = [], [], [], 0
+    for path, frames in zip(image_paths, decoded):
+        count, chosen = len(frames), probabilities[start:start + len(frames)]
+        start += count
+        sources += [path] * count
+        frame_numbers += [None] if count == 1 else list(range(1, count + 1))
+        if count == 1:
+            lines.append(format_prediction(path, chosen[0], info.class_names))
+            continue
+        lines += [format_prediction(f"{path} frame {k}/{count}", p, info.class_names)
+                  for k, p in enumerate(chosen, start=1)]
+        lines.append(format_file_summary(path, chosen, info.class_names))
     for line in lines:
         print(line)
     if plot_dir:
         predictions = probabilities.argmax(axis=-1)
-        for index, out_path in enumerate(plot_paths(image_paths, plot_dir)):
+        for index, out_path in enumerate(plot_paths(sources, plot_dir, frame_numbers)):
             pick = slice(index, index + 1)
             plots.plot_decoupling_grid(
                 images[pick], *(None if maps[k] is None else maps[k][pick] for k in ("x_hat", "feat1", "feat2")),

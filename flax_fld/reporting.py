@@ -22,6 +22,24 @@ def table_rows(report: dict, method: str) -> list[tuple[str, dict]]:
     return rows
 
 
+INTERVAL_NOTE = ("[low, high]: 95 % intervals (Wilson per class and for Average; for Best-Worst a conservative "
+                 "bound that holds for all classes at once)")
+
+
+def calibration_line(report: dict) -> str:
+    """One line on eval.json's ``calibration`` (ECE in percent, before and after temperature); '' without it."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return ""
+    line = (f"{report['split']} calibration: top-label ECE {100 * calibration['ece']:.2f} % "
+            f"({calibration['num_bins']} bins)")
+    if calibration.get("temperature") is not None:
+        line += (f", {100 * calibration['ece_after_temperature']:.2f} % after temperature scaling "
+                 f"(T = {calibration['temperature']:.3f}, fitted on {calibration['temperature_fitted_on']}; "
+                 "accuracy unchanged)")
+    return line
+
+
 def selection_value(report: dict, best_metric: str) -> float:
     """The validation figure named by ``config.train.best_metric`` (higher is better) of a report."""
     source = report

@@ -198,7 +198,9 @@ def warnings(checks: list[dict]) -> list[str]:
 def fld_step(variables: dict, batch: dict, key: jax.Array, epsilon: jax.Array, pgd_step_size: jax.Array, *,
              model: fld.FLDModel, settings: StrongSettings, end_to_end: bool) -> jax.Array:
     """``[len(ATTACKS), K, K]`` confusions of one per-device batch of the FLD model, summed over the ``batch``
-    axis (call under pmap). ``end_to_end`` is the threat model of ``fld.attack_logits_fn``."""
+    axis (call under pmap). ``end_to_end`` is the threat model of ``fld.attack_logits_fn``. The model runs in
+    float32 whatever its compute dtype (``fld.float32_model``)."""
+    model = fld.float32_model(model)
     images, labels, mask = batch["image"], batch["label"], batch["mask"]
     decoupled, _ = fld.decouple(model, variables, images, train=False)
     logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=end_to_end)

@@ -93,9 +93,12 @@ class RunOutputs:
 
 
 def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) -> str:
-    """Writes WORKDIR/eval.json and WORKDIR/plots/confusion_matrix.png; returns the paper-style table.
+    """Writes WORKDIR/eval.json, WORKDIR/plots/confusion_matrix.png and, when the report has ``calibration``,
+    WORKDIR/plots/reliability_diagram.png; returns the paper-style table with 95 % intervals, a line on what
+    the intervals are and the calibration line.
 
-    A report of another split than ``test`` goes to ``eval_<split>.json`` / ``confusion_matrix_<split>.png``.
+    A report of another split than ``test`` goes to ``eval_<split>.json`` / ``confusion_matrix_<split>.png`` /
+    ``reliability_diagram_<split>.png``.
     """
     suffix = "" if report["split"] == "test" else f"_{report['split']}"
     atomic_files.write_json_atomically(os.path.join(workdir, f"eval{suffix}.json"), report)
@@ -105,7 +108,13 @@ def write_report(workdir: str, report: dict, config: ml_collections.ConfigDict) 
         report["confusion_matrix"], report["class_names"], os.path.join(plots_dir, f"confusion_matrix{suffix}.png"),
         title=f"{report['split']} confusion matrix (clean)",
     )
-    return metrics.format_table(reporting.table_rows(report, reporting.method_name(config)))
+    if report.get("calibration"):
+        plots.plot_reliability_diagram(report["calibration"],
+                                       os.path.join(plots_dir, f"reliability_diagram{suffix}.png"),
+                                       title=f"{report['split']} reliability diagram (clean, top label)")
+    table = metrics.format_table(reporting.table_rows(report, reporting.method_name(config)), intervals=True)
+    return "\n".join(line for line in (table + reporting.INTERVAL_NOTE, reporting.calibration_line(report))
+                     if line) + "\n"
 
 
 def plot_decoupling_examples(

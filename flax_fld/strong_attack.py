@@ -12,7 +12,9 @@ has CE gradients of exactly zero (gradient masking), and a fixed step either ove
   margin is a misclassification), and ``strong_attack`` keeps the lowest over all runs.
 
 Like flax_fld/attack.py, attacks take ``logits_fn`` (``[B, H, W, C] -> [B, K]``, images in [0, 1]) that must
-treat examples independently; everything is jittable (``lax.fori_loop``/``lax.scan``, fixed shapes).
+treat examples independently; everything is jittable (``lax.fori_loop``/``lax.scan``, fixed shapes). Logits
+are read as float32 (``_float32_logits``) and the images stay float32: robust evaluation runs in float32
+whatever dtype the model was trained in (``robust_eval.fld_step`` builds the float32 model).
 """
 
 from collections.abc import Callable
@@ -30,6 +32,11 @@ CE, DLR, TARGETED_DLR = 0, 1, 2  # loss ids, traced inside the scan over runs
 MOMENTUM = 0.75  # APGD's alpha: weight of the new step against the previous displacement
 STALL_FRACTION = 0.75  # APGD's rho: halve the step when fewer steps than this fraction raised the loss
 _TINY = 1e-12  # keeps the DLR denominator positive when the logits tie
+
+
+def _float32_logits(logits_fn: LogitsFn) -> LogitsFn:
+    """``logits_fn`` with float32 logits: margins, DLR and the loop's carried state stay float32."""
+    return lambda images: logits_fn(images).astype(jnp.float32)
 
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -140,6 +147,7 @@ def apgd(
         num_steps: python int >= 1.
         key: PRNG key of the random start.
     """
+    logits_fn = _float32_logits(logits_fn)
     eps = _per_example(epsilon, x)
     is_check, window = (jnp.asarray(a) for a in _schedule(num_steps))
 
@@ -239,6 +247,7 @@ def strong_attack(
             raise ValueError(f"strong_attack: {name} must be a python int >= {low}, got {value!r}")
     if jnp.shape(labels) != (x.shape[0],):
         raise ValueError(f"strong_attack: labels must have shape ({x.shape[0]},), got {jnp.shape(labels)}")
+    logits_fn = _float32_logits(logits_fn)
     x = jax.lax.stop_gradient(x)
     start = x if x_init is None else project(jax.lax.stop_gradient(x_init), x, _per_example(epsilon, x))
     clean_logits = logits_fn(x)

@@ -18,7 +18,8 @@ and batch statistics are in sync at every step, not only before evaluation. The 
 
 import functools
 import os
-from typing import Any
+import threading
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from flax_fld import calibration, checkpointing, evaluate, input_pipeline, metric_writers, objective
+from flax_fld import calibration, checkpointing, compile_log, evaluate, input_pipeline, metric_writers, objective
 from flax_fld import config_validation, distributed, epoch_end, pretrained, reporting, run_outputs, weight_averaging
 from flax_fld.models import fld
 from flax_fld.train_state import TrainState, current_learning_rate
@@ -132,8 +133,13 @@ def create_train_state(
     rng: jax.Array,
     steps_per_epoch: int,
 ) -> TrainState:
-    """A fresh, unreplicated TrainState: initialised IC1/IC2/classifier, optimizer, uniform epsilon/beta."""
-    mode = weight_averaging.check_mode(config.train.weight_averaging)
+    """A fresh, unreplicated TrainState: initialised IC1/IC2/classifier, optimizer, uniform epsilon/beta.
+
+    Two jitted programs build it: ``fld.init_variables`` (every submodule at once, cached per model and shape)
+    and the rest of the state (cached per config); built op by op, the optimizer's and the counters' small
+    arrays were ~150 XLA programs of their own before the first step.
+    """
+    weight_averaging.check_mode(config.train.weight_averaging)
     if config.adv.calibration not in ("adaptive", "fixed"):
         raise ValueError(f"config.adv.calibration={config.adv.calibration!r}; expected 'adaptive' or 'fixed'")
     if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -142,10 +148,24 @@ def create_train_state(
     variables = fld.init_variables(model, init_key, tuple(image_shape))
     if config.model.get("init_from", ""):
         variables = start_classifier_from(config.model, variables)
-    epsilon, beta = uniform_class_values(config.adv, model.num_classes)
+    build = _jitted_fresh_state(ml_collections.FrozenConfigDict(config), model.num_classes, int(steps_per_epoch))
+    return build(variables, state_key)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_fresh_state(config: ml_collections.FrozenConfigDict, num_classes: int, steps_per_epoch: int):
+    return jax.jit(functools.partial(_fresh_state, config=config, num_classes=num_classes,
+                                     steps_per_epoch=steps_per_epoch))
+
+
+def _fresh_state(variables: dict, state_key: jax.Array, *, config: ml_collections.FrozenConfigDict,
+                 num_classes: int, steps_per_epoch: int) -> TrainState:
+    # create_train_state's state around the initial `variables`, traced.
+    mode = config.train.weight_averaging
+    epsilon, beta = uniform_class_values(config.adv, num_classes)
     beta = jnp.where(adversarial_weight_on(config.adv, jnp.int32(0)), beta, 0.0)
     # The previous accuracy a class keeps until it is first seen; 1 - sigma makes Eq. 1 give epsilon itself.
-    class_acc = jnp.full((model.num_classes,), 1.0 - float(config.adv.sigma), jnp.float32)
+    class_acc = jnp.full((num_classes,), 1.0 - float(config.adv.sigma), jnp.float32)
     return TrainState.create(
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
@@ -170,6 +190,10 @@ def train_step(
     differentiates Eq. 4 on x'; here gradients and BatchNorm statistics are averaged over devices, the
     optimizer steps, and the per-class adversarial hits are summed into the epoch's counters for Eq. 1/2.
 
+    The one place the model's compute dtype is chosen: the step runs ``model`` in ``train.compute_dtype``
+    (``fld.with_compute_dtype``; bfloat16 convolutions and matrix products, float32 parameters, optimizer
+    state, normalisation, losses and x'), while the caller's ``model`` (float32) serves evaluation.
+
     Args:
         state: the replicated TrainState.
         batch: ``{'image': float32 [B,H,W,C] in [0,1], 'label': int32 [B]}`` (this device's share).
@@ -179,6 +203,7 @@ def train_step(
         ``(state, metrics)``; metrics are device-averaged scalars: loss, lc, ls, lat, clean_acc, adv_acc
         (accuracy on x'; on x when adversarial training is off), grad_norm, learning_rate.
     """
+    model = fld.with_compute_dtype(model, str(config.train.get("compute_dtype", "float32")))
     images, labels = batch["image"], batch["label"]
     key, next_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     # Same next_key on every device (the state stays replicated); distinct randomness per device below.
@@ -257,6 +282,48 @@ def parallel_train_step(model: fld.FLDModel, config: ml_collections.FrozenConfig
     return jax.pmap(step, axis_name=AXIS_NAME, in_axes=(None, 0), out_axes=(None, None), donate_argnums=(0,))
 
 
+def abstract_train_state(config: ml_collections.ConfigDict, model: fld.FLDModel, image_shape: tuple[int, int, int],
+                         steps_per_epoch: int) -> TrainState:
+    """``replicate(create_train_state(...))`` as shapes, dtypes and shardings (``jax.ShapeDtypeStruct``), traced
+    but never computed or compiled (a ``model.init_from`` checkpoint has the initial variables' shapes)."""
+    key = jax.random.key(0)
+    variables = jax.eval_shape(lambda init_key: fld.init_variables(model, init_key, tuple(image_shape)), key)
+    build = _jitted_fresh_state(ml_collections.FrozenConfigDict(config), model.num_classes, int(steps_per_epoch))
+    state = jax.eval_shape(build, variables, key)
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS_NAME,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding,
+                                                          weak_type=leaf.weak_type), state)
+
+
+def compile_step_in_background(step_fn, config: ml_collections.ConfigDict, model: fld.FLDModel,
+                               image_shape: tuple[int, int, int], steps_per_epoch: int) -> Callable[[], None]:
+    """Lowers and compiles ``step_fn`` (``parallel_train_step``) in a thread, from the state's and a batch's
+    shapes; returns a function that waits for it (call it before the first step, and again at the end).
+
+    The compile then overlaps the state's initialisation (a program of its own) and the run's setup, and its
+    executable lands in the cache the first step looks up (same trace, shardings and lowering), so the first
+    step does not compile again. Single-process runs only (several processes feed host-local batches); if the
+    thread fails, the first step compiles as it always did.
+    """
+    if jax.process_count() > 1:
+        return lambda: None
+
+    def compile_step() -> None:
+        try:
+            state = abstract_train_state(config, model, image_shape, steps_per_epoch)
+            shape = (jax.local_device_count(), int(config.train.per_device_batch_size))
+            batch = {"image": jax.ShapeDtypeStruct(shape + tuple(image_shape), jnp.float32),
+                     "label": jax.ShapeDtypeStruct(shape, jnp.int32)}
+            step_fn.lower(state, batch).compile()
+        except Exception:  # pylint: disable=broad-except  # the first step compiles it instead
+            pass
+
+    thread = threading.Thread(target=compile_step, name="compile_train_step", daemon=True)
+    thread.start()
+    return thread.join
+
+
 @functools.lru_cache(maxsize=8)
 def jitted_end_epoch(adv_config: ml_collections.FrozenConfigDict):
     """``end_epoch`` jitted with ``adv_config`` closed over (its floats become constants)."""
@@ -298,6 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns the eval.json content (test split, best checkpoint).
     """
     config_validation.validate_config(config)  # before any data preparation or compilation
+    compiles, compiled_before = compile_log.process_log(), len(compile_log.process_log().programs)
     workdir = os.path.abspath(workdir)
     changes = checkpointing.config_changes(workdir, config)
     if changes and not config.train.get("resume_with_changes", False):
@@ -316,6 +384,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     steps_per_epoch, num_epochs = train_iter.steps_per_epoch, int(config.train.num_epochs)
+    frozen_config = ml_collections.FrozenConfigDict(config)
+    p_train_step = parallel_train_step(model, frozen_config)
+    # The step's compile (the longest before the first step) runs beside the state's init and the setup.
+    wait_for_step_compile = compile_step_in_background(p_train_step, config, model, info.image_shape,
+                                                       steps_per_epoch)
     state = create_train_state(config, model, info.image_shape, jax.random.key(int(config.seed)), steps_per_epoch)
     state = replicate(state)
     checkpointing.write_run_files(workdir, config, info)
@@ -328,8 +401,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, meta = restored
         train_iter.set_state(meta["iterator"])
         print(f"resuming {workdir} from step {int(state.step)} (epoch {int(state.epoch)})", flush=True)
-    frozen_config = ml_collections.FrozenConfigDict(config)
-    p_train_step = parallel_train_step(model, frozen_config)
     p_end_epoch = jitted_end_epoch(frozen_config.adv)
     outputs = run_outputs.RunOutputs(
         workdir, info.class_names, total_steps=steps_per_epoch * num_epochs, initial_step=int(state.step),
@@ -339,6 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         outputs.say(f"training {reporting.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
                     f"global batch {config.train.per_device_batch_size * jax.device_count()}; "
                     "the first step compiles")
+        wait_for_step_compile()
+        outputs.say(compiles.summary(since=compiled_before))
 
     def validate(variables):
         return evaluate.evaluate_split(model, variables, config, data, split="validation",
@@ -361,6 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         variables = final_state.inference_variables()
         report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True,
                                          both_threat_models=True)
+        report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["last_epoch"] = int(meta.get("epoch", num_epochs))  # earlier than num_epochs after early stopping
@@ -369,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             model, variables, config, data, path))
         return report
     finally:
+        wait_for_step_compile()  # a finished run resumed never waited for it
         checkpointer.wait()
         checkpointer.close()
         outputs.close()

@@ -1,10 +1,11 @@
 """Evaluate a trained run (flax_fld/evaluate_checkpoint.py).
 
-  python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test] [--robust=pgd|strong]
+  python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test] [--robust=pgd|strong [--strong_epsilon=2]]
   python launch/eval.py --workdir=DIR --epsilons=1,2,4,8   # robust accuracy against the radius
 
-Evaluates clean and PGD-CE robust per-class accuracy over every example of the split, writes DIR/eval.json
-(and DIR/plots/confusion_matrix.png) and prints the paper-style table. ``--robust=strong`` adds eval.json's
+Evaluates clean and PGD-CE robust per-class accuracy (with 95 % intervals) and the calibration of the clean
+probabilities (ECE before and after temperature scaling) over every example of the split, writes DIR/eval.json
+(and DIR/plots/confusion_matrix.png, DIR/plots/reliability_diagram.png) and prints the paper-style table. ``--robust=strong`` adds eval.json's
 ``strong_robust``: per-class accuracy under random-sign noise, PGD-20, an APGD-style attack and their
 per-example worst case, with sanity checks (flax_fld/robust_eval.py; budget in ``adv.strong_*``).
 ``--epsilons`` instead adds PGD-CE at each listed radius (in 1/255) to the ``robust`` entries of the existing
@@ -25,6 +26,8 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Sp
 _ROBUST = flags.DEFINE_enum("robust", "pgd", ["pgd", "strong"],
                             "pgd: PGD-CE under both threat models (eval.json 'robust'). strong: also the worst case "
                             "of PGD-20 and a stronger attack, with sanity checks (eval.json 'strong_robust').")
+_STRONG_EPSILON = flags.DEFINE_float("strong_epsilon", None, "With --robust=strong: the radius in 1/255 units "
+                                     "(default: the run's adv.eval_epsilon), PGD step a quarter of it.")
 _EPSILONS = flags.DEFINE_list("epsilons", [], "Radii in 1/255 units, e.g. 1,2,4,8: add PGD-CE at each to eval.json.")
 flags.mark_flag_as_required("workdir")
 
@@ -42,6 +45,8 @@ def _radii(values: Sequence[str]) -> list[float]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _STRONG_EPSILON.value is not None and _ROBUST.value != "strong":
+        raise app.UsageError(f"--strong_epsilon={_STRONG_EPSILON.value:g} needs --robust=strong")
     if _EPSILONS.value:
         radii = _radii(_EPSILONS.value)
         try:
@@ -53,6 +58,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         _, text = evaluate_checkpoint.evaluate_checkpoint(
             _WORKDIR.value, which=_WHICH.value, split=_SPLIT.value, strong=_ROBUST.value == "strong",
+            strong_epsilon=None if _STRONG_EPSILON.value is None else _radii([str(_STRONG_EPSILON.value)])[0],
             log=functools.partial(print, flush=True))
     except ValueError as error:
         sys.exit(f"error: {error}")

@@ -3,7 +3,9 @@
   python launch/predict.py --workdir=workdir/demo [--which=best] [--plot_dir=DIR] IMAGE [IMAGE ...]
 
 Prints, for each image, the predicted grade and the probability of every class; with --plot_dir, also one
-PNG per image with IC2's reconstruction and decoupled feature maps. Any size, grayscale or RGB.
+PNG per image with IC2's reconstruction and decoupled feature maps. PNG, JPEG, BMP, TIFF or DICOM (.dcm, with
+`pip install 'flax-fld[dicom]'`), any size and bit depth, grayscale or RGB. A multi-frame DICOM (cine loop)
+gets a line per frame and one for the file: its majority grade and mean class probabilities.
 """
 
 import sys

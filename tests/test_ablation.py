@@ -166,7 +166,7 @@ def test_progress_counts_the_whole_ablation_and_estimates_from_the_trained_runs(
     assert logged[3].endswith("| 1m00s elapsed, ETA 2m00s (1m00s per run, 2 runs left)")
     # Mean of 60 s and 180 s = 2 minutes per run, one run left.
     assert logged[4] == "[3/4] ResNet seed 0: finished in 3m00s | 4m00s elapsed, ETA 2m00s (2m00s per run, 1 run left)"
-    assert logged[6] == ("[4/4] ResNet seed 1: finished in 30.0s (best epoch was the last: still improving) | "
+    assert logged[6] == ("[4/4] ResNet seed 1: finished in 30s (best epoch was the last: still improving) | "
                          "4m30s elapsed, no runs left")
     assert len(logged) == 7
 

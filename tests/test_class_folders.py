@@ -78,7 +78,8 @@ def test_class_names_from_folders_are_sorted_and_printed(tmp_path, capsys):
     assert totals.tolist() == [4, 3, 5]
     rows = read_record(data.info.split_record)
     assert os.path.dirname(data.info.split_record) == data.builder.data_dir  # next to the prepared data
-    assert len(rows) == 12 and set(rows[0]) == {"path", "class", "patient", "split"}
+    assert len(rows) == 12 and list(rows[0]) == ["path", "class", "patient", "split", "frames"]
+    assert {row["frames"] for row in rows} == {"1"}
     for split in ("train", "validation", "test"):  # the record is what the prepared splits hold
         source = data.split(split)
         labels = [source[i]["label"] for i in range(len(source))]
@@ -304,6 +305,8 @@ def test_config_validation_checks_the_data_keys():
         ("split_fractions", (0.5, 0.5, 0.5), r"config.data.split_fractions=\(0.5, 0.5, 0.5\): expected three"),
         ("split_seed", -1, r"config.data.split_seed=-1: expected an integer in \[0, inf\)"),
         ("patient_regex", "(", r"config.data.patient_regex='\(': expected a regular expression that compiles"),
+        ("dicom_group_by", "series", r"config.data.dicom_group_by='series': expected one of \('patient', 'study', "
+                                     r"'file'\)"),
     ]:
         bad = load_config("default")
         bad.data[key] = value

@@ -1,17 +1,20 @@
-"""Evaluation: every example counted once (padding masked), confusion matches a direct forward pass; the
-launch/train.py and launch/eval.py command lines end to end on the tiny preset."""
+"""Evaluation: every example counted once (padding masked), confusion matches a direct forward pass, the test
+report's intervals and calibration (eval.json, reliability diagram); the launch/train.py and launch/eval.py
+command lines end to end on the tiny preset."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from flax_fld import evaluate, input_pipeline
+from flax_fld import evaluate, input_pipeline, reliability, run_outputs
 from flax_fld.config_files import load_config
 from flax_fld.models import fld
 
@@ -74,6 +77,59 @@ def test_robust_curve_reproduces_the_configured_attack_and_a_vanishing_radius_is
     np.testing.assert_array_equal(curve[vanishing]["confusion_matrix"], report["confusion_matrix"])
 
 
+CALIBRATION_FIELDS = ("ece", "per_class_ece", "temperature", "ece_after_temperature")
+
+
+def test_split_logits_drop_the_padding_and_match_a_direct_forward(tiny):
+    config, data, model, variables = tiny
+    logits, labels = evaluate.split_logits(model, variables, config, data, split="test")
+    images, expected_labels = input_pipeline.load_split(data, "test")
+    expected = np.asarray(fld.forward(model, variables, jnp.asarray(images), train=False)[0])
+    assert logits.shape == expected.shape  # the padded zero images of the last batch are gone
+    # Examples come grouped by device, not in data set order: compare them as sets of rows.
+    order, expected_order = np.lexsort(logits.T[::-1]), np.lexsort(expected.T[::-1])
+    np.testing.assert_allclose(logits[order], expected[expected_order], atol=1e-4)
+    np.testing.assert_array_equal(labels[order], expected_labels[expected_order])
+
+
+def test_test_report_has_intervals_calibration_and_a_reliability_diagram(tiny, tmp_path):
+    config, data, model, variables = tiny
+    report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True)
+    report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
+    report["checkpoint"] = "initial weights"
+    text = run_outputs.write_report(str(tmp_path), report, config)
+    with open(tmp_path / "eval.json", encoding="utf-8") as handle:
+        written = json.load(handle)
+    names = list(data.info.class_names)
+    calibration = written["calibration"]
+    for field in CALIBRATION_FIELDS:
+        assert field in calibration, field
+    assert list(calibration["per_class_ece"]) == names and 0.0 <= calibration["ece"] <= 1.0
+    assert calibration["temperature"] > 0 and calibration["temperature_fitted_on"] == "validation"
+    assert sum(calibration["bins"]["count"]) == data.info.num_examples["test"]
+    logits, labels = evaluate.split_logits(model, variables, config, data, split="test")
+    assert calibration["ece"] == pytest.approx(
+        reliability.expected_calibration_error(reliability.softmax(logits), labels))
+    validation_logits, validation_labels = evaluate.split_logits(model, variables, config, data, split="validation")
+    assert calibration["temperature"] == pytest.approx(
+        reliability.fit_temperature(validation_logits, validation_labels))
+    assert set(written["per_class_interval"]) == set(names) and len(written["average_interval"]) == 2
+    assert written["average_interval"][0] <= written["average"] <= written["average_interval"][1]
+    assert "best_worst_interval" in written
+    assert (tmp_path / "plots" / "reliability_diagram.png").stat().st_size > 0
+    assert "ECE" in text and "95 % intervals" in text
+    assert re.search(rf"\| \**{report['average']:.2f}\** \[\d+\.\d, \d+\.\d\] \|", text)  # Average [lo, hi]
+
+    # eval.temperature_scaling=False reports the ECE alone; a config from before the key scales.
+    off = ml_collections.ConfigDict(config.to_dict())
+    off.eval.temperature_scaling = False
+    plain = evaluate.calibration_report(model, variables, off, data, split="test")
+    assert plain["temperature"] is None and plain["ece_after_temperature"] is None
+    assert plain["ece"] == calibration["ece"]
+    del off["eval"]
+    assert evaluate.temperature_scaling_enabled(off)
+
+
 def _run(args: list[str], cwd: str, cache_dir: str) -> subprocess.CompletedProcess:
     # A compilation cache shared by the two commands: eval.py reuses the evaluation step train.py compiled.
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
@@ -105,8 +161,12 @@ def test_launch_train_then_eval_command_lines(tiny, tmp_path):
     with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as handle:
         eval_report = json.load(handle)
     # Same checkpoint, same batches, same attack key: the command line reproduces the training's report.
-    for field in ("confusion_matrix", "per_class_accuracy", "robust"):
+    for field in ("confusion_matrix", "per_class_accuracy", "robust", "per_class_interval"):
         assert eval_report[field] == train_report[field], field
+    for field in CALIBRATION_FIELDS:
+        assert eval_report["calibration"][field] == pytest.approx(train_report["calibration"][field]), field
+    assert os.path.exists(os.path.join(workdir, "plots", "reliability_diagram.png"))
+    assert "ECE" in trained.stdout and "ECE" in evaluated.stdout
 
     # --epsilons adds a radius to the robust entries and keeps every other field of eval.json.
     _run(["launch/eval.py", f"--workdir={workdir}", "--epsilons=2"], REPO, cache_dir)

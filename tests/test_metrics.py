@@ -133,3 +133,63 @@ def test_table_rejects_mixed_classes():
         metrics.format_table([("Ours", ours), ("other", other)])
     with pytest.raises(ValueError, match="no rows"):
         metrics.format_table([])
+
+
+@pytest.mark.parametrize("correct, total, low, high", [
+    # Hand-computed from (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96.
+    (0, 10, 0.0, 0.27754),  # z^2 / (n + z^2)
+    (10, 10, 0.72246, 1.0),  # n / (n + z^2)
+    (5, 10, 0.23659, 0.76341),
+    (33, 39, 0.70270, 0.92753),  # Table 1's severe class, 84.62 %
+])
+def test_wilson_interval_hand_computed(correct, total, low, high):
+    got_low, got_high = metrics.wilson_interval(correct, total)
+    assert (float(got_low), float(got_high)) == pytest.approx((low, high), abs=1e-5)
+
+
+def test_wilson_interval_contains_the_estimate_and_is_nan_for_no_examples():
+    total = np.repeat(np.arange(1, 40), np.arange(2, 41))
+    correct = np.concatenate([np.arange(n + 1) for n in range(1, 40)])
+    low, high = metrics.wilson_interval(correct, total)
+    estimate = correct / total
+    assert np.all((low <= estimate) & (estimate <= high)) and np.all((low >= 0) & (high <= 1))
+    assert np.all(high - low > 0)  # never the zero width of the Wald interval at 0/n or n/n
+    assert np.isnan(metrics.wilson_interval(0, 0)).all()
+    with pytest.raises(ValueError, match="correct <= total"):
+        metrics.wilson_interval(11, 10)
+
+
+def test_best_worst_interval_is_the_bonferroni_wilson_bound():
+    # Two classes: z = Phi^-1(1 - 0.05 / 4) = 2.2414, z^2 = 5.0239. 100/100 gives [100 / 105.0239, 1] and 0/100
+    # gives [0, 5.0239 / 105.0239]: the gap lies in [95.2166 - 4.7835, 100] percent points.
+    assert metrics.best_worst_interval([100, 0], [100, 100]) == pytest.approx((90.433, 100.0), abs=2e-3)
+    # Four equal classes, 10/10 each: z = Phi^-1(1 - 0.05 / 8) = 2.4977, z^2 = 6.2385; the gap may be 0 and at
+    # most 1 - 10 / 16.2385.
+    assert metrics.best_worst_interval([10] * 4, [10] * 4) == pytest.approx((0.0, 38.418), abs=2e-3)
+    assert metrics.best_worst_interval([3, 0], [4, 0]) == (0.0, 0.0)  # one class with examples: no gap
+    assert np.isnan(metrics.best_worst_interval([0, 0], [0, 0])).all()
+
+
+def test_class_report_intervals_in_percent_around_the_point_estimates():
+    ours, _ = _paper_reports()
+    assert ours["per_class_interval"]["severe"] == pytest.approx([70.270, 92.753], abs=1e-3)
+    for name, (low, high) in ours["per_class_interval"].items():
+        assert low < ours["per_class_accuracy"][name] < high
+    low, high = ours["average_interval"]
+    assert low < ours["average"] < high and high - low < 10  # 264 images: about +-4.5 points
+    low, high = ours["best_worst_interval"]
+    assert 0.0 <= low <= ours["best_worst"] <= high
+    empty = metrics.class_report(_confusion_from_correct([3, 0, 1, 4], [4, 0, 2, 4]), CLASS_NAMES)
+    assert np.isnan(empty["per_class_interval"]["mild"]).all()
+    assert np.isfinite(empty["per_class_interval"]["normal"]).all()
+
+
+def test_table_with_intervals_keeps_the_marks_and_adds_one_decimal_bounds():
+    ours, squeeze = _paper_reports()
+    lines = metrics.format_table([("SqueezeNet", squeeze), ("Ours", ours)], intervals=True).strip().split("\n")
+    assert lines[0] == "| Method | Mild% | Moderate% | Severe% | Normal% | Best-Worst% | Average% |"
+    assert lines[3] == ("| Ours | *76.67* [66.9, 84.2] | 77.27 [65.8, 85.7] | 84.62 [70.3, 92.8] | "
+                        "*95.65* [88.0, 98.5] | **18.98** [0.0, 36.5] | **82.95** [78.0, 87.0] |")
+    # A report from before the interval fields (an old eval.json) prints without them.
+    old = {key: value for key, value in ours.items() if not key.endswith("_interval")}
+    assert metrics.format_table([("Ours", old)], intervals=True) == metrics.format_table([("Ours", ours)])

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_fld import attack, config_files, robust_eval, strong_attack
+from flax_fld import attack, config_files, metrics, robust_eval, strong_attack
 from flax_fld.models import fld
 from model_helpers import untrained_run
 from model_helpers import synthetic_variables
@@ -235,11 +235,23 @@ def tiny_workdir(tmp_path_factory):
 
 def test_launch_eval_robust_strong_writes_new_keys_and_keeps_old_ones(tiny_workdir):
     workdir, info = tiny_workdir
-    result = subprocess.run([sys.executable, "launch/eval.py", f"--workdir={workdir}", "--robust=strong"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    path = os.path.join(workdir, "eval.json")
+    # What training and an earlier --epsilons left in eval.json (a radius of the robust curve, the selected
+    # epoch): re-evaluating the same checkpoint slot keeps both.
+    counts = np.asarray(info.class_counts["test"])
+    curve_entry = metrics.class_report(np.diag(counts // 2) + np.diag(counts - counts // 2)[:, ::-1],
+                                       list(info.class_names))
+    earlier = {"checkpoint": "best checkpoint (epoch 7)", "epoch": 7, "robust": {"pgd9_linf_3/255": curve_entry}}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(earlier, handle)
+    result = subprocess.run([sys.executable, "launch/eval.py", f"--workdir={workdir}", "--robust=strong",
+                             "--strong_epsilon=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         report = json.load(handle)
+    assert report["robust"]["pgd9_linf_3/255"] == curve_entry and report["epoch"] == 7
+    assert report["strong_robust"]["epsilon"] == pytest.approx(2 / 255)  # --strong_epsilon, in 1/255 units
+    assert report["strong_robust"]["pgd_step_size"] == pytest.approx(0.5 / 255)
     for field in ("per_class_accuracy", "average", "confusion_matrix", "robust", "class_names", "split"):
         assert field in report, field
     assert report["robust"]  # the PGD evaluation of --robust=pgd is still there
@@ -261,3 +273,11 @@ def test_launch_eval_robust_strong_writes_new_keys_and_keeps_old_ones(tiny_workd
     assert len(strong["warnings"]) == len(failed) + collapsed_note
     assert all(line in result.stdout for line in strong["warnings"])
     assert "worst case" in result.stdout and ("[pass]" in result.stdout or "[FAIL]" in result.stdout)
+
+
+
+def test_strong_epsilon_needs_the_strong_evaluation(tiny_workdir):
+    workdir, _ = tiny_workdir
+    bad = subprocess.run([sys.executable, "launch/eval.py", f"--workdir={workdir}", "--strong_epsilon=2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--strong_epsilon=2 needs --robust=strong" in bad.stderr.strip().splitlines()[-1]

@@ -74,6 +74,48 @@ def array_to_uint8(array: np.ndarray, where: str) -> np.ndarray:
     raise ValueError(f"{where}: unsupported pixel dtype {array.dtype}")
 
 
+# PIL modes of more than 8 bits per sample (single channel): 16-bit, 32-bit integer and 32-bit float images.
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def integer_range(image: PIL.Image.Image) -> tuple[int, int]:
+    """The values a 16- or 32-bit integer PIL image's file can hold: its own range, not the values it holds.
+
+    I;16*: [0, 65535]. I: a 16-bit PNG (older Pillow opens those as I) [0, 65535]; a TIFF by its
+    BitsPerSample and SampleFormat (2 = signed); anything else as 32-bit signed.
+    """
+    if image.mode.startswith("I;16"):
+        return 0, 2**16 - 1
+    if image.format == "PNG":
+        return 0, 2**16 - 1
+    tags = getattr(image, "tag_v2", None) or {}
+    bits = tags.get(258, (32,))
+    bits = int(bits[0] if isinstance(bits, (tuple, list)) else bits)
+    sample_format = tags.get(339, (2,) if image.format != "TIFF" else (1,))
+    signed = int(sample_format[0] if isinstance(sample_format, (tuple, list)) else sample_format) == 2
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def image_to_uint8(image: PIL.Image.Image, where: str) -> PIL.Image.Image:
+    """A decoded PIL image with 8-bit samples (L, RGB, P, ...; returned as is) or of a ``HIGH_DEPTH_MODES`` mode.
+
+    16/32-bit integer images are scaled by ``integer_range`` (a 16-bit PNG or TIFF by 65535) to [0, 1] and
+    then to 8 bits, as every image reaches the model; float images (F) must already lie in [0, 1]
+    (``array_to_uint8``). Returns an L or the input image; ValueError naming ``where`` on bad values.
+    """
+    if image.mode not in HIGH_DEPTH_MODES:
+        return image
+    array = np.asarray(image)
+    if image.mode != "F":
+        low, high = integer_range(image)
+        found_low, found_high = int(array.min()), int(array.max())
+        if found_low < low or found_high > high:
+            raise ValueError(f"{where}: integer pixel values must lie in [{low}, {high}] (the file's {image.mode} "
+                             f"range), got [{found_low}, {found_high}]")
+        array = ((array.astype(np.float64) - low) / (high - low)).astype(np.float32)
+    return PIL.Image.fromarray(array_to_uint8(array, where))
+
+
 def fit_square(image: PIL.Image.Image, size: int, channels: int) -> np.ndarray:
     """PIL image of any size/mode -> uint8 [size, size, channels].
 

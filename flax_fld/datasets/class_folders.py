@@ -8,11 +8,17 @@ Two layouts of config.data.root:
 - ``root/{train,validation,test}/<class>/*.png``: the user's own split, used as it is.
 
 Class names and their order (= label index) come from ``data.class_names``; when it is empty, from the class
-folders, sorted by name (printed). Images may be PNG, JPEG or BMP, grayscale or RGB, of any size; each is
-padded to a square with black and resized to ``data.image_size``. The builder config name hashes the listing
-(paths, sizes, mtimes), the labels, patients and splits, so editing the folders or changing the split settings
-triggers a fresh preparation instead of silently reusing a stale one. Every preparation writes
-``split_assignment.csv`` (path, class, patient, split) next to the prepared data.
+folders, sorted by name (printed). Images may be PNG, JPEG, BMP, TIFF or DICOM (.dcm, needs
+``pip install 'flax-fld[dicom]'``), grayscale or RGB, of any size and bit depth; each is padded to a square with
+black and resized to ``data.image_size``. Integer images are scaled by their file's own range (8 bits by 255,
+16-bit PNG/TIFF by 65535, DICOM by its BitsStored or its VOI window: dicom_files.py) to [0, 1], then stored
+as 8 bits like every image. Every frame of a DICOM file is an example, and all of them go to the file's split;
+with ``data.dicom_group_by`` ('patient', the default, or 'study') all files of one PatientID (or
+StudyInstanceUID) go to one split, like the patients of ``data.patient_regex`` (which groups the other images).
+The builder config name hashes the listing (paths, sizes, mtimes), the labels, patients and splits, so editing
+the folders or changing the split settings triggers a fresh preparation instead of silently reusing a stale
+one. Every preparation writes ``split_assignment.csv`` (path, class, patient, split, frames) next to the
+prepared data; a DICOM file's patient there is a hash, never its PatientID.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import ml_collections
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from flax_fld.datasets import base, folder_split
+from flax_fld.datasets import base, dicom_files, folder_split
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") + dicom_files.DICOM_EXTENSIONS
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 _LAYOUTS = "root/<class>/ or root/{train,validation,test}/<class>/"
 
@@ -102,17 +108,20 @@ def image_files(class_dir: str) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Listing:
     class_names: tuple[str, ...]  # label order
-    rows: list[folder_split.Row]  # every image with its label, patient ('' without a regex) and split
+    rows: list[folder_split.Row]  # every image file with its label, patient ('' if ungrouped), split, frames
     split_given: bool  # True: the split folders' split; False: made by folder_split
 
 
 def list_images(root: str, class_names: Sequence[str] = (), *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                seed: int = 0, patient_regex: str = "") -> Listing:
+                seed: int = 0, patient_regex: str = "", dicom_group_by: str = "patient") -> Listing:
     """Scan ``root`` (either layout) into a Listing.
 
     ``class_names`` empty: taken from the class folders, sorted. ``fractions``/``seed`` only matter for the
-    plain layout; ``patient_regex`` keeps a patient in one split there, and is checked against the given
-    split folders otherwise. ValueError with one line naming the folder/key/value on any bad input.
+    plain layout; ``patient_regex`` (on the file names of the non-DICOM images) and ``dicom_group_by`` (on
+    the headers of the DICOM files: 'patient', 'study' or 'file') keep a patient in one split there, and are
+    checked against the given split folders otherwise. Every DICOM header is read (and checked: decodable
+    pixel data) here, before any preparation. ValueError with one line naming the folder/file/key/value on
+    any bad input.
     """
     regex = folder_split.compile_patient_regex(patient_regex)
     fractions = folder_split.check_fractions(fractions)
@@ -132,39 +141,72 @@ def list_images(root: str, class_names: Sequence[str] = (), *, fractions: Sequen
         entries = [(path, label, "") for label, name in enumerate(names)
                    for path in image_files(os.path.join(root, name))]
     paths = [path for path, _, _ in entries]
-    patients = folder_split.patient_ids(paths, regex, root) if regex else [""] * len(paths)
+    patients, frames = _patients_and_frames(paths, regex, root, dicom_group_by)
     if split_given:
-        rows = [folder_split.Row(path, label, patient, split)
-                for (path, label, split), patient in zip(entries, patients)]
-        _check_patients_in_one_split(rows, patient_regex)
+        rows = [folder_split.Row(path, label, patient, split, count)
+                for (path, label, split), patient, count in zip(entries, patients, frames)]
+        _check_patients_in_one_split(rows, patient_regex, dicom_group_by)
     else:
+        dicom_grouped = any(patient.startswith(_DICOM_GROUP) for patient in patients)
+        source = " / ".join(([f"data.dicom_group_by='{dicom_group_by}'"] if dicom_grouped else [])
+                            + (["data.patient_regex"] if regex else []))
         rows = folder_split.assign_splits(paths, [label for _, label, _ in entries], patients, names, fractions,
-                                          seed, root)
+                                          seed, root, frames=frames, patient_source=source or "data.patient_regex")
     return Listing(names, rows, split_given)
 
 
-def _check_patients_in_one_split(rows: Sequence[folder_split.Row], patient_regex: str) -> None:
+_DICOM_GROUP = "dicom-"  # prefix of dicom_files.group_key's ids
+
+
+def _patients_and_frames(paths: Sequence[str], regex, root: str, dicom_group_by: str) -> tuple[list[str], list[int]]:
+    """Patient (split group; '' = the file alone) and frame count of each file: DICOM files from their header
+    (``dicom_group_by``), the other images from ``regex`` on their file names (1 frame each)."""
+    if dicom_group_by not in dicom_files.GROUP_BY:
+        raise ValueError(f"data.dicom_group_by={dicom_group_by!r}: expected one of {dicom_files.GROUP_BY}")
+    patients, frames = [""] * len(paths), [1] * len(paths)
+    others = [i for i, path in enumerate(paths) if not dicom_files.is_dicom(path)]
+    if regex and others:
+        for i, patient in zip(others, folder_split.patient_ids([paths[i] for i in others], regex, root)):
+            patients[i] = patient
+    for i, path in enumerate(paths):
+        if dicom_files.is_dicom(path):
+            header = dicom_files.read_header(path)
+            patients[i], frames[i] = dicom_files.group_key(header, dicom_group_by, path), header.frames
+    return patients, frames
+
+
+def _check_patients_in_one_split(rows: Sequence[folder_split.Row], patient_regex: str,
+                                 dicom_group_by: str = "patient") -> None:
     first_seen: dict[str, folder_split.Row] = {}
     for row in rows:
         if not row.patient:
             continue
         seen = first_seen.setdefault(row.patient, row)
         if seen.split != row.split:
-            raise ValueError(f"patient {row.patient!r} (data.patient_regex='{patient_regex}') has images in both "
+            source = (f"data.dicom_group_by='{dicom_group_by}'" if row.patient.startswith(_DICOM_GROUP)
+                      else f"data.patient_regex='{patient_regex}'")
+            raise ValueError(f"patient {row.patient!r} ({source}) has images in both "
                              f"{seen.split} and {row.split}: {seen.path} and {row.path}")
 
 
 def load_image(path: str, size: int, channels: int) -> bytes:
-    """Decode, check and resize one image file -> PNG bytes of uint8 [size, size, channels]."""
+    """Decode, check and resize one (non-DICOM) image file -> PNG bytes of uint8 [size, size, channels]."""
     try:
         with PIL.Image.open(path) as image:
             image.load()  # Forces a full decode so truncated files fail here, not later.
-            if image.mode in ("F", "I", "I;16", "I;16B", "I;16L"):
-                pixels = base.array_to_uint8(image, path)
-                image = PIL.Image.fromarray(pixels)
-            return base.encode_png(base.fit_square(image, size, channels))
+            return base.encode_png(base.fit_square(base.image_to_uint8(image, path), size, channels))
     except (OSError, SyntaxError, PIL.UnidentifiedImageError) as error:
         raise ValueError(f"corrupt or truncated image {path}: {error}") from None
+
+
+def load_frames(path: str, size: int, channels: int):
+    """Every image of one file (a DICOM file's frames, else the one image) as PNG bytes of uint8
+    [size, size, channels], in order."""
+    if not dicom_files.is_dicom(path):
+        yield load_image(path, size, channels)
+        return
+    for frame in dicom_files.iter_frames(path):
+        yield base.encode_png(base.array_to_square(frame, size, channels, path))
 
 
 class ClassFolders(base.ImageClassificationBuilder):
@@ -181,12 +223,16 @@ class ClassFolders(base.ImageClassificationBuilder):
 
     def _generate_examples(self, rows):
         config = self.builder_config
-        for index, row in enumerate(rows):
-            yield index, {"image": load_image(row.path, config.image_size, config.channels), "label": row.label}
+        index = 0
+        for row in rows:
+            for image in load_frames(row.path, config.image_size, config.channels):
+                yield index, {"image": image, "label": row.label}
+                index += 1
 
 
 def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Builder for config.data (root, image_size, channels, class_names, split_fractions, split_seed, patient_regex).
+    """Builder for config.data (root, image_size, channels, class_names, split_fractions, split_seed, patient_regex,
+    dicom_group_by).
 
     Prints the class order when it comes from the folders, and the images (and patients) of each split per class.
     """
@@ -198,7 +244,9 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
     root = os.path.abspath(data_config.root) if data_config.root else ""
     fractions = tuple(data_config.get("split_fractions", DEFAULT_FRACTIONS))
     seed, patient_regex = int(data_config.get("split_seed", 0)), data_config.get("patient_regex", "")
-    listing = list_images(root, given, fractions=fractions, seed=seed, patient_regex=patient_regex)
+    dicom_group_by = data_config.get("dicom_group_by", "patient")
+    listing = list_images(root, given, fractions=fractions, seed=seed, patient_regex=patient_regex,
+                          dicom_group_by=dicom_group_by)
     class_names, rows = listing.class_names, listing.rows
     if not given:
         order = ", ".join(f"{label}={name}" for label, name in enumerate(class_names))
@@ -206,6 +254,11 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
     made = ("split by its train/validation/test folders" if listing.split_given
             else f"split made with data.split_fractions={fractions}, data.split_seed={seed}")
     grouped = f", patients from data.patient_regex='{patient_regex}'" if patient_regex else ""
+    dicom = [row for row in rows if dicom_files.is_dicom(row.path)]
+    if dicom:
+        grouped += (f", {len(dicom)} DICOM files ({sum(row.frames for row in dicom)} frames) grouped by "
+                    + ("file" if dicom_group_by == "file" else dicom_files.GROUP_TAGS[dicom_group_by])
+                    + f" (data.dicom_group_by='{dicom_group_by}')")
     print("\n".join([f"class_folders: {root}: {made}{grouped}"] + folder_split.summary(rows, class_names)),
           flush=True)
     fingerprint = base.short_hash(

@@ -4,7 +4,9 @@ Ultrasound sets hold many frames per patient. Frames of one patient in both trai
 recognise the patient instead of the grade, which inflates every reported number, so a patient (a group of
 images) always lies in one split. Patients are split per class so that each split holds about its fraction
 (``data.split_fractions``) of every class's images. The assignment depends only on the listing, the
-fractions and ``data.split_seed``, and is written as a CSV (path, class, patient, split) for inspection.
+fractions and ``data.split_seed``, and is written as a CSV (path, class, patient, split, frames) for
+inspection. A DICOM file may hold many frames (each an image, all in its split); its patient is a hash of its
+PatientID or StudyInstanceUID (dicom_files.group_key), never the id itself.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from flax_fld.datasets import base
 
 
 class Row(NamedTuple):
-    """One image of the listing: where it is, its label, its patient id ('' without a regex), its split."""
+    """One image file of the listing: where it is, its label, its patient id ('' without a regex), its split,
+    and how many images (frames) it holds: 1 except for a multi-frame DICOM."""
 
     path: str
     label: int
     patient: str
     split: str
+    frames: int = 1
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
@@ -102,33 +106,41 @@ def split_groups(group_sizes: Sequence[int], fractions: Sequence[float], rng: np
 
 
 def assign_splits(paths: Sequence[str], labels: Sequence[int], patients: Sequence[str], class_names: Sequence[str],
-                  fractions: Sequence[float], seed: int, root: str) -> list[Row]:
-    """Rows of the listing with a split: each patient (each image when ``patients`` are '') in one split.
+                  fractions: Sequence[float], seed: int, root: str, frames: Sequence[int] | None = None,
+                  patient_source: str = "data.patient_regex") -> list[Row]:
+    """Rows of the listing with a split: each patient (each file when ``patients`` are '') in one split.
 
-    A patient with images in several classes is split with the class holding most of them. The random order
-    is seeded by (seed, class name), so adding a class leaves the other classes' assignment unchanged.
+    ``frames``: images in each file (default 1 each); the splits' shares count images, so a file counts with
+    its frames. A patient with images in several classes is split with the class holding most of them. The
+    random order is seeded by (seed, class name), so adding a class leaves the other classes' assignment
+    unchanged. ``patient_source`` names the setting the patients come from in an error.
     """
+    frames = [1] * len(paths) if frames is None else [int(f) for f in frames]
     members: dict[str, list[int]] = collections.defaultdict(list)
     for index, patient in enumerate(patients):
         members[patient or f"\0{paths[index]}"].append(index)
     by_class: dict[int, list[str]] = collections.defaultdict(list)
     for key in sorted(members):
-        home = collections.Counter(labels[i] for i in members[key]).most_common()
+        home = collections.Counter({label: 0 for label in sorted({labels[i] for i in members[key]})})
+        for i in members[key]:
+            home[labels[i]] += frames[i]
+        home = home.most_common()
         by_class[min(label for label, count in home if count == home[0][1])].append(key)
     split_of = {}
     grouped = any(patients)
     for label, name in enumerate(class_names):
         keys = by_class[label]
         if len(keys) < len(fractions):
-            unit = "patients (data.patient_regex)" if grouped else "images"
+            unit = f"patients ({patient_source})" if grouped else "images" if max(frames) == 1 else "files"
             raise ValueError(f"class {name!r} under {root} has {len(keys)} {unit}; each of the {len(fractions)} "
                              "splits needs at least one: add images or use the root/{train,validation,test}/<class>/ "
                              "layout")
         rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
-        for key, split in zip(keys, split_groups([len(members[k]) for k in keys], fractions, rng)):
+        sizes = [sum(frames[i] for i in members[k]) for k in keys]
+        for key, split in zip(keys, split_groups(sizes, fractions, rng)):
             split_of[key] = base.SPLITS[split]
-    return [Row(path, label, patient, split_of[patient or f"\0{path}"])
-            for path, label, patient in zip(paths, labels, patients)]
+    return [Row(path, label, patient, split_of[patient or f"\0{path}"], count)
+            for path, label, patient, count in zip(paths, labels, patients, frames)]
 
 
 def summary(rows: Sequence[Row], class_names: Sequence[str]) -> list[str]:
@@ -139,18 +151,20 @@ def summary(rows: Sequence[Row], class_names: Sequence[str]) -> list[str]:
         parts = []
         for split in base.SPLITS:
             chosen = [row for row in rows if row.label == label and row.split == split]
-            count = len({row.patient for row in chosen})
+            count = len({row.patient or row.path for row in chosen})  # an ungrouped file is its own patient
             patients = f"{count} patient{'s' * (count != 1)} / " if grouped else ""
-            parts.append(f"{split} {patients}{len(chosen)} images")
+            parts.append(f"{split} {patients}{sum(row.frames for row in chosen)} images")
         lines.append(f"  {name}: {', '.join(parts)}")
     return lines
 
 
 def write_record(path: str, rows: Sequence[Row], class_names: Sequence[str], root: str) -> None:
-    """CSV with header path,class,patient,split (paths relative to ``root``), rows in split/class/path order."""
+    """CSV with header path,class,patient,split,frames (paths relative to ``root``; frames: images the file
+    holds), rows in split/class/path order."""
     order = sorted(rows, key=lambda row: (base.SPLITS.index(row.split), row.label, row.path))
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("path", "class", "patient", "split"))
+        writer.writerow(("path", "class", "patient", "split", "frames"))
         for row in order:
-            writer.writerow((os.path.relpath(row.path, root), class_names[row.label], row.patient, row.split))
+            writer.writerow((os.path.relpath(row.path, root), class_names[row.label], row.patient, row.split,
+                             row.frames))

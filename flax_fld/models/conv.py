@@ -17,7 +17,9 @@
 Kernel gradients are JAX's own rule (the attack loop never asks for them, and XLA drops them there).
 Off the CPU backend (``layer_forms``) ``conv2d`` is XLA's convolution with JAX's rules: cuDNN needs no help.
 ``Conv`` is ``nn.Conv``'s drop-in (same ``kernel``/``bias`` names, shapes and initialisers), so checkpoints
-and parameter counts do not change. NHWC images, HWIO kernels throughout.
+and parameter counts do not change. NHWC images, HWIO kernels throughout. Like ``nn.Conv(dtype=...)``,
+``Conv.dtype`` is the computation's dtype (inputs, kernel and bias are cast to it; ``train.compute_dtype``
+bfloat16); its parameters stay float32.
 """
 
 import functools
@@ -190,6 +192,7 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: Callable = nn.linear.default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Any = jnp.float32  # of the computation (and the output); parameters are float32 whatever it is
 
     @nn.compact
     def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
@@ -200,10 +203,11 @@ class Conv(nn.Module):
         channels = sum(part.shape[-1] for part in parts)
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, channels, self.features))
         pads = explicit_padding(self.padding, kernel_size, strides, dilation, parts[0].shape[1:3])
+        kernel = kernel.astype(self.dtype)
         y, start = None, 0
         for part in parts:
-            term = conv2d(part, kernel[:, :, start:start + part.shape[-1]], strides, pads, dilation)
+            term = conv2d(part.astype(self.dtype), kernel[:, :, start:start + part.shape[-1]], strides, pads, dilation)
             y, start = (term if y is None else y + term), start + part.shape[-1]
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,))
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
         return y

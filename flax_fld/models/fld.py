@@ -8,6 +8,12 @@ has no decouplers: x_c = Y_c(x).
 Variables are one dict {'params': {'ic1', 'ic2', 'classifier'}, 'batch_stats': {same keys}} so the trainer
 holds one tree; each function here slices out the submodule it runs. Nothing here closes over arrays, so
 every function is safe under jit/pmap with the (hashable) FLDModel as a static closure.
+
+Mixed precision (``train.compute_dtype``): ``with_compute_dtype(model, "bfloat16")`` is the same model with
+its convolutions and matrix products computed in bfloat16; parameters (and so checkpoints) are float32 in
+either dtype, normalisation computes in float32, and ``decouple`` and ``classify`` hand back float32
+features, reconstructions and logits, so losses, the attack and x' stay float32. Only the training step
+uses it (``train.train_step``); evaluation and prediction run ``float32_model``.
 """
 
 import dataclasses
@@ -24,6 +30,8 @@ from flax_fld.models import get_classifier, paired_icfdnet
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
 
 DECOUPLERS = ("ic1", "ic2")
+# train.compute_dtype -> the dtype the submodules compute in (their ``dtype`` attribute).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +46,7 @@ class FLDModel:
     num_classes: int
     standardize_features: bool = False  # per-image, per-channel standardisation of Feat1/Feat2 in x_c
     detach_features: bool = False  # the classifier's loss does not update IC1/IC2 (only Ls and Lc do)
+    compute_dtype: str = "float32"  # a key of COMPUTE_DTYPES: what the submodules compute in (with_compute_dtype)
 
     @property
     def use_decouplers(self) -> bool:
@@ -84,6 +93,28 @@ def create_fld_model(model_config: ml_collections.ConfigDict, num_classes: int, 
                     detach_features=bool(model_config.get("detach_features", False)))
 
 
+def with_compute_dtype(model: FLDModel, compute_dtype: str) -> FLDModel:
+    """``model`` with every submodule computing in ``compute_dtype`` ("float32" | "bfloat16"), parameters
+    unchanged (float32): the same variables fit both. Returns ``model`` itself when it already computes so."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"fld.py: compute_dtype={compute_dtype!r}; expected one of {tuple(COMPUTE_DTYPES)}")
+    if model.compute_dtype == compute_dtype:
+        return model
+    dtype = COMPUTE_DTYPES[compute_dtype]
+    recast = lambda module: module if module is None else module.clone(dtype=dtype)  # noqa: E731
+    return dataclasses.replace(model, ic1=recast(model.ic1), ic2=recast(model.ic2),
+                               classifier=recast(model.classifier), compute_dtype=compute_dtype)
+
+
+def float32_model(model: FLDModel) -> FLDModel:
+    """``model`` computing in float32, as evaluation, robust evaluation and prediction always run it."""
+    return with_compute_dtype(model, "float32")
+
+
+def _float32(array: Optional[jax.Array]) -> Optional[jax.Array]:
+    return None if array is None else array.astype(jnp.float32)
+
+
 def _submodules(model: FLDModel) -> dict[str, nn.Module]:
     modules = {"classifier": model.classifier}
     if model.use_decouplers:
@@ -95,18 +126,24 @@ def _variables_of(variables: dict, name: str) -> dict:
     return {"params": variables["params"][name], "batch_stats": variables.get("batch_stats", {}).get(name, {})}
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_init(module: nn.Module) -> Callable:
-    # Eval mode at init: no dropout rng needed, and the shapes are identical. Jitted (and cached per module)
-    # because op-by-op init of a ResNet is slower than compiling it.
-    return jax.jit(functools.partial(module.init, train=False))
-
-
 def init_variables(model: FLDModel, key: jax.Array, image_shape: tuple[int, int, int]) -> dict:
     """Initial {'params': {...}, 'batch_stats': {...}} for image_shape = (H, W, C); keys 'ic1', 'ic2',
-    'classifier' ('classifier' only in baseline mode; {} batch_stats for a module without BatchNorm)."""
+    'classifier' ('classifier' only in baseline mode; {} batch_stats for a module without BatchNorm).
+
+    One jitted program initialises every submodule (cached per model and shape): op by op, init of a ResNet
+    is slower than compiling it, and one program per submodule paid XLA's per-program overhead three times.
+    """
     if len(image_shape) != 3 or image_shape[-1] != model.image_channels:
         raise ValueError(f"fld.py: image_shape={tuple(image_shape)}; expected (H, W, {model.image_channels})")
+    return _jitted_init(model, tuple(image_shape))(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: FLDModel, image_shape: tuple[int, int, int]) -> Callable:
+    return jax.jit(functools.partial(_init_variables, model, image_shape))
+
+
+def _init_variables(model: FLDModel, image_shape: tuple[int, int, int], key: jax.Array) -> dict:
     height, width, _ = image_shape
     inputs = {"ic1": jnp.zeros((1, *image_shape), jnp.float32), "ic2": jnp.zeros((1, *image_shape), jnp.float32),
               "classifier": jnp.zeros((1, height, width, model.classifier_channels), jnp.float32)}
@@ -117,7 +154,8 @@ def init_variables(model: FLDModel, key: jax.Array, image_shape: tuple[int, int,
     keys = {name: jax.random.wrap_key_data(seeds[i], impl="rbg") for i, name in enumerate(("ic1", "ic2", "classifier"))}
     params, batch_stats = {}, {}
     for name, module in _submodules(model).items():
-        variables = _jitted_init(module)(keys[name], inputs[name])
+        # Eval mode at init: no dropout rng needed, and the shapes are identical.
+        variables = module.init(keys[name], inputs[name], train=False)
         params[name] = variables["params"]
         batch_stats[name] = variables.get("batch_stats", {})
     return {"params": params, "batch_stats": batch_stats}
@@ -135,18 +173,19 @@ def decouple(model: FLDModel, variables: dict, x: jax.Array, *, train: bool) -> 
     """Feature decoupling of Algorithm 1: x [B,H,W,C] -> (Decoupled, batch_stats {'ic1', 'ic2'}).
 
     In train mode BatchNorm uses batch statistics and the returned running statistics are updated; in eval
-    mode they are returned unchanged. Baseline mode: (all-None Decoupled, {}).
+    mode they are returned unchanged. Baseline mode: (all-None Decoupled, {}). The outputs are float32
+    whatever ``model.compute_dtype`` (the losses and x_c read them).
     """
     if not model.use_decouplers:
         return Decoupled(None, None, None, None), {}
     if paired_icfdnet.can_pair(model.ic1, model.ic2):
         # GroupNorm: no batch statistics, and both networks' layers run as one (forward 1.7x faster on CPU).
-        feat1, class_logits, feat2, x_hat = paired_icfdnet.paired_decouple(
+        outputs = paired_icfdnet.paired_decouple(
             model.ic1, model.ic2, variables["params"]["ic1"], variables["params"]["ic2"], x)
-        return Decoupled(feat1, class_logits, feat2, x_hat), {"ic1": {}, "ic2": {}}
+        return Decoupled(*map(_float32, outputs)), {"ic1": {}, "ic2": {}}
     feat1, class_logits, stats1 = _run_decoupler(model.ic1, _variables_of(variables, "ic1"), x, train)
     feat2, x_hat, stats2 = _run_decoupler(model.ic2, _variables_of(variables, "ic2"), x, train)
-    return Decoupled(feat1, class_logits, feat2, x_hat), {"ic1": stats1, "ic2": stats2}
+    return Decoupled(*map(_float32, (feat1, class_logits, feat2, x_hat))), {"ic1": stats1, "ic2": stats2}
 
 
 def standardize(features: jax.Array, eps: float = 1e-4) -> jax.Array:
@@ -202,7 +241,7 @@ def classifier_input_parts(model: FLDModel, x: jax.Array, decoupled: Decoupled) 
 def classify(model: FLDModel, variables: dict, x_c: jax.Array | tuple[jax.Array, ...], *, train: bool,
              dropout_rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
     """Classifier f: x_c [B,H,W,2F+Cc] (or its parts, for a classifier that ``takes_channel_parts``) ->
-    (logits [B,K], batch_stats {'classifier': ...}).
+    (logits [B,K], batch_stats {'classifier': ...}); the logits are float32 whatever ``model.compute_dtype``.
 
     Train mode needs `dropout_rng` for classifiers with dropout (squeezenet1_1, vit).
     """
@@ -211,9 +250,9 @@ def classify(model: FLDModel, variables: dict, x_c: jax.Array | tuple[jax.Array,
     if train:
         logits, updates = model.classifier.apply(classifier_variables, x_c, train=True, rngs=rngs,
                                                  mutable=["batch_stats"])
-        return logits, {"classifier": updates.get("batch_stats", {})}
+        return _float32(logits), {"classifier": updates.get("batch_stats", {})}
     logits = model.classifier.apply(classifier_variables, x_c, train=False, rngs=rngs)
-    return logits, {"classifier": classifier_variables["batch_stats"]}
+    return _float32(logits), {"classifier": classifier_variables["batch_stats"]}
 
 
 def attack_logits_fn(model: FLDModel, variables: dict, decoupled: Decoupled, *,

@@ -10,9 +10,12 @@ the deep features.
 
 The same class serves both decouplers of Fig. 2: IC1 with head="class" (logits for the BCE loss Ls) and IC2
 with head="reconstruct" (an image in [0, 1] for the Charbonnier-Laplacian + L1 loss Lc, Eq. 5).
-All arrays are NHWC.
+All arrays are NHWC. ``dtype`` is the computation's dtype of the convolutions, attention, bilinear
+upsampling and heads (``train.compute_dtype``); normalisation computes in float32 and every parameter is
+float32.
 """
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -73,16 +76,18 @@ def image_at_level(image: jax.Array, level: int) -> jax.Array:
 
 
 def normalization(norm: str, features: int, train: bool) -> nn.Module:
-    """BatchNorm (``norm="batch"``) or GroupNorm of up to 4 groups (``"group"``).
+    """BatchNorm (``norm="batch"``) or GroupNorm of up to 4 groups (``"group"``), computed in float32 (so are
+    BatchNorm's running statistics) whatever the model's compute dtype: its output is float32, and the next
+    convolution casts it back.
 
     GroupNorm has no batch statistics, so a decoupler gives the same features in train and eval mode: the
     classifier, which is trained on train-mode features and attacked through eval-mode ones, sees one
     distribution instead of two.
     """
     if norm == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)
     if norm == "group":
-        return nn.GroupNorm(num_groups=math.gcd(features, 4), epsilon=1e-5)
+        return nn.GroupNorm(num_groups=math.gcd(features, 4), epsilon=1e-5, dtype=jnp.float32)
     raise ValueError(f"icfdnet.py: norm={norm!r}; expected one of {NORMS}")
 
 
@@ -93,11 +98,12 @@ class ConvBNReLU(nn.Module):
     strides: int = 1
     dilation: int = 1
     norm: str = "batch"
+    dtype: Any = jnp.float32  # the convolution's computation dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(self.features, (3, 3), self.strides, padding=self.dilation, kernel_dilation=self.dilation,
-                    use_bias=False)(x)
+                    use_bias=False, dtype=self.dtype)(x)
         x = normalization(self.norm, self.features, train)(x)
         return nn.relu(x)
 
@@ -113,6 +119,7 @@ class SpatialSelfAttention(nn.Module):
 
     num_heads: int
     max_tokens: int
+    dtype: Any = jnp.float32  # the attention's computation dtype (its LayerNorm computes in float32)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -122,8 +129,9 @@ class SpatialSelfAttention(nn.Module):
         if factor > 1:
             y = nn.avg_pool(x, (factor, factor), (factor, factor), padding="SAME", count_include_pad=False)
         pooled_h, pooled_w = y.shape[1:3]
-        tokens = nn.LayerNorm()(y.reshape(batch, pooled_h * pooled_w, channels))
-        tokens = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=channels)(tokens, tokens)
+        tokens = nn.LayerNorm(dtype=jnp.float32)(y.reshape(batch, pooled_h * pooled_w, channels))
+        tokens = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=channels,
+                                                 dtype=self.dtype)(tokens, tokens)
         y = resize_to(tokens.reshape(batch, pooled_h, pooled_w, channels), height, width)
         return x + y
 
@@ -139,6 +147,7 @@ class ICBlock(nn.Module):
         mid_channels: channels inside the mini U; must be divisible by num_heads.
         depth: number of stride-2 compressions (>= 1).
         num_heads, attn_max_tokens: see SpatialSelfAttention.
+        dtype: computation dtype of the convolutions and attention.
     """
 
     out_channels: int
@@ -147,6 +156,7 @@ class ICBlock(nn.Module):
     num_heads: int
     attn_max_tokens: int
     norm: str = "batch"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -155,21 +165,22 @@ class ICBlock(nn.Module):
         if self.mid_channels % self.num_heads:
             raise ValueError(f"icfdnet.py: mid_channels={self.mid_channels} not divisible by "
                              f"num_heads={self.num_heads}")
-        residual = ConvBNReLU(self.out_channels, norm=self.norm, name="conv_in")(x, train)
-        h = ConvBNReLU(self.mid_channels, norm=self.norm, name="enc0")(residual, train)
+        conv = functools.partial(ConvBNReLU, norm=self.norm, dtype=self.dtype)
+        residual = conv(self.out_channels, name="conv_in")(x, train)
+        h = conv(self.mid_channels, name="enc0")(residual, train)
         skips = [h]
         for level in range(1, self.depth + 1):
-            h = ConvBNReLU(self.mid_channels, strides=2, norm=self.norm, name=f"enc{level}")(h, train)
+            h = conv(self.mid_channels, strides=2, name=f"enc{level}")(h, train)
             skips.append(h)
         skips.pop()  # the bottleneck itself is not a skip
 
-        h = SpatialSelfAttention(self.num_heads, self.attn_max_tokens, name="attention")(h)
-        h = ConvBNReLU(self.mid_channels, dilation=2, norm=self.norm, name="dilated")(h, train)
+        h = SpatialSelfAttention(self.num_heads, self.attn_max_tokens, self.dtype, name="attention")(h)
+        h = conv(self.mid_channels, dilation=2, name="dilated")(h, train)
 
         for level, skip in reversed(list(enumerate(skips))):
-            h = resize_to(h, skip.shape[1], skip.shape[2])
+            h = resize_to(h.astype(self.dtype), skip.shape[1], skip.shape[2])
             features = self.out_channels if level == 0 else self.mid_channels
-            h = ConvBNReLU(features, norm=self.norm, name=f"dec{level}")(jnp.concatenate([h, skip], axis=-1), train)
+            h = conv(features, name=f"dec{level}")(jnp.concatenate([h, skip], axis=-1), train)
         return residual + h
 
 
@@ -189,6 +200,9 @@ class ICFDNet(nn.Module):
         num_classes: K, for head="class".
         mid_ratio: ICBlock inner channels = max(num_heads, width // mid_ratio), rounded to num_heads.
         norm: "batch" | "group" (see `normalization`).
+        dtype: computation dtype of convolutions, attention, upsampling and heads (``train.compute_dtype``: float32 or
+            bfloat16); parameters are float32 either way, and so is normalisation. Outputs are in this dtype
+            (``fld.decouple`` casts them to float32 for the losses).
     """
 
     features: int = 4
@@ -200,6 +214,7 @@ class ICFDNet(nn.Module):
     num_classes: int = 4
     mid_ratio: int = 2
     norm: str = "batch"
+    dtype: Any = jnp.float32
 
     def block_channels(self, level: int) -> tuple[int, int]:
         """(out_channels, mid_channels) of the ICBlocks at U-Net `level`."""
@@ -209,7 +224,7 @@ class ICFDNet(nn.Module):
 
     def _block(self, level: int, name: str) -> ICBlock:
         return ICBlock(*self.block_channels(level), self.block_depths[level], self.num_heads, self.attn_max_tokens,
-                       self.norm, name=name)
+                       self.norm, self.dtype, name=name)
 
     def check_attributes(self) -> None:
         if self.head not in HEADS:
@@ -232,14 +247,14 @@ class ICFDNet(nn.Module):
 
         for level in reversed(range(len(self.widths) - 1)):
             skip = encoded[level]
-            h = resize_to(h, skip.shape[1], skip.shape[2])
+            h = resize_to(h.astype(self.dtype), skip.shape[1], skip.shape[2])
             h = self._block(level, f"decoder{level}")(jnp.concatenate([h, skip], axis=-1), train)
 
-        features = nn.Conv(self.features, (3, 3), padding=1, name="feature_conv")(h)
+        features = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name="feature_conv")(h)
         if self.head == "class":
-            output = nn.Dense(self.num_classes, name="class_head")(jnp.mean(features, axis=(1, 2)))
+            output = nn.Dense(self.num_classes, dtype=self.dtype, name="class_head")(jnp.mean(features, axis=(1, 2)))
         else:
-            output = nn.sigmoid(nn.Conv(image.shape[-1], (1, 1), name="reconstruct_head")(features))
+            output = nn.sigmoid(nn.Conv(image.shape[-1], (1, 1), dtype=self.dtype, name="reconstruct_head")(features))
         return features, output
 
 

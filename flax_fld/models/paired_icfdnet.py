@@ -13,7 +13,8 @@ pooled copies are read by both networks: those kernel rows are dense.
 Same parameters (the 'ic1' and 'ic2' trees of ``ICFDNet``), same results to float rounding
 (tests/test_paired_icfdnet.py checks values and gradients against two ``ICFDNet.apply`` calls). GroupNorm
 only: BatchNorm's running statistics would have to be threaded through per network, and ``fld.decouple``
-runs that case as two networks. All arrays are NHWC.
+runs that case as two networks. All arrays are NHWC. Convolutions, attention and heads compute in the
+networks' ``dtype`` (``ICFDNet.dtype``), GroupNorm in float32, as in ``ICFDNet``.
 """
 
 import math
@@ -29,7 +30,7 @@ from flax_fld.models.icfdnet import ICFDNet, SpatialSelfAttention, halve, image_
 # holds IC1's channels then IC2's.
 Part = tuple[jax.Array, bool]
 
-_ARCHITECTURE = ("features", "widths", "block_depths", "num_heads", "attn_max_tokens", "mid_ratio", "norm")
+_ARCHITECTURE = ("features", "widths", "block_depths", "num_heads", "attn_max_tokens", "mid_ratio", "norm", "dtype")
 
 
 def can_pair(ic1: ICFDNet, ic2: ICFDNet) -> bool:
@@ -60,54 +61,58 @@ def block_diagonal_kernel(kernel1: jax.Array, kernel2: jax.Array, parts: list[Pa
     return jnp.concatenate(rows, axis=2)
 
 
-def paired_conv(p1: dict, p2: dict, parts: list[Part], strides: int = 1, dilation: int = 1) -> jax.Array:
-    """``nn.Conv(features, (k, k), strides, padding=dilation*(k//2), kernel_dilation=dilation)`` of both
-    networks (params p1, p2: {'kernel'[, 'bias']}) on the concatenated `parts`: -> [B,H/s,W/s,2*features]."""
-    kernel = block_diagonal_kernel(p1["kernel"], p2["kernel"], parts)
+def paired_conv(p1: dict, p2: dict, parts: list[Part], strides: int = 1, dilation: int = 1,
+                dtype=jnp.float32) -> jax.Array:
+    """``nn.Conv(features, (k, k), strides, padding=dilation*(k//2), kernel_dilation=dilation, dtype=dtype)`` of
+    both networks (params p1, p2: {'kernel'[, 'bias']}) on the concatenated `parts`: -> [B,H/s,W/s,2*features]."""
+    kernel = block_diagonal_kernel(p1["kernel"], p2["kernel"], parts).astype(dtype)
     pad = dilation * (kernel.shape[0] // 2)
-    x = jnp.concatenate([array for array, _ in parts], axis=-1)
+    x = jnp.concatenate([array.astype(dtype) for array, _ in parts], axis=-1)
     y = lax.conv_general_dilated(x, kernel, (strides, strides), ((pad, pad), (pad, pad)),
                                  rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if "bias" in p1:
-        y = y + jnp.concatenate([p1["bias"], p2["bias"]])
+        y = y + jnp.concatenate([p1["bias"], p2["bias"]]).astype(dtype)
     return y
 
 
-def paired_conv_norm_relu(p1: dict, p2: dict, parts: list[Part], strides: int = 1, dilation: int = 1) -> jax.Array:
-    """``ConvBNReLU`` with norm="group" of both networks: -> [B,H/s,W/s,2*features]."""
-    y = paired_conv(p1["Conv_0"], p2["Conv_0"], parts, strides, dilation)
+def paired_conv_norm_relu(p1: dict, p2: dict, parts: list[Part], strides: int = 1, dilation: int = 1,
+                          dtype=jnp.float32) -> jax.Array:
+    """``ConvBNReLU`` with norm="group" of both networks: -> [B,H/s,W/s,2*features] (float32: the norm's)."""
+    y = paired_conv(p1["Conv_0"], p2["Conv_0"], parts, strides, dilation, dtype)
     features = y.shape[-1] // 2
     # Each network's GroupNorm has gcd(features, 4) groups of consecutive channels: twice as many groups
     # over [IC1 | IC2] are the same groups.
     norm_params = {name: jnp.concatenate([p1["GroupNorm_0"][name], p2["GroupNorm_0"][name]])
                    for name in ("scale", "bias")}
-    y = nn.GroupNorm(num_groups=2 * math.gcd(features, 4), epsilon=1e-5).apply({"params": norm_params}, y)
+    y = nn.GroupNorm(num_groups=2 * math.gcd(features, 4), epsilon=1e-5, dtype=jnp.float32).apply(
+        {"params": norm_params}, y)
     return nn.relu(y)
 
 
-def paired_attention(p1: dict, p2: dict, x: jax.Array, num_heads: int, max_tokens: int) -> jax.Array:
+def paired_attention(p1: dict, p2: dict, x: jax.Array, num_heads: int, max_tokens: int,
+                     dtype=jnp.float32) -> jax.Array:
     """``SpatialSelfAttention`` of each network on its half of x [B,H,W,2C] -> [B,H,W,2C]."""
     half = x.shape[-1] // 2
-    attention = SpatialSelfAttention(num_heads, max_tokens)
+    attention = SpatialSelfAttention(num_heads, max_tokens, dtype)
     return jnp.concatenate([attention.apply({"params": p1}, x[..., :half]),
                             attention.apply({"params": p2}, x[..., half:])], axis=-1)
 
 
 def paired_block(net: ICFDNet, level: int, p1: dict, p2: dict, parts: list[Part]) -> jax.Array:
     """``ICBlock`` of U-Net `level` for both networks: parts -> [B,H,W,2*out_channels]."""
-    depth = net.block_depths[level]
-    residual = paired_conv_norm_relu(p1["conv_in"], p2["conv_in"], parts)
-    h = paired_conv_norm_relu(p1["enc0"], p2["enc0"], [(residual, False)])
+    depth, dtype = net.block_depths[level], net.dtype
+    residual = paired_conv_norm_relu(p1["conv_in"], p2["conv_in"], parts, dtype=dtype)
+    h = paired_conv_norm_relu(p1["enc0"], p2["enc0"], [(residual, False)], dtype=dtype)
     skips = [h]
     for step in range(1, depth + 1):
-        h = paired_conv_norm_relu(p1[f"enc{step}"], p2[f"enc{step}"], [(h, False)], strides=2)
+        h = paired_conv_norm_relu(p1[f"enc{step}"], p2[f"enc{step}"], [(h, False)], strides=2, dtype=dtype)
         skips.append(h)
     skips.pop()  # the bottleneck itself is not a skip
-    h = paired_attention(p1["attention"], p2["attention"], h, net.num_heads, net.attn_max_tokens)
-    h = paired_conv_norm_relu(p1["dilated"], p2["dilated"], [(h, False)], dilation=2)
+    h = paired_attention(p1["attention"], p2["attention"], h, net.num_heads, net.attn_max_tokens, dtype)
+    h = paired_conv_norm_relu(p1["dilated"], p2["dilated"], [(h, False)], dilation=2, dtype=dtype)
     for step, skip in reversed(list(enumerate(skips))):
-        h = resize_to(h, skip.shape[1], skip.shape[2])
-        h = paired_conv_norm_relu(p1[f"dec{step}"], p2[f"dec{step}"], [(h, False), (skip, False)])
+        h = resize_to(h.astype(dtype), skip.shape[1], skip.shape[2])
+        h = paired_conv_norm_relu(p1[f"dec{step}"], p2[f"dec{step}"], [(h, False), (skip, False)], dtype=dtype)
     return residual + h
 
 
@@ -128,11 +133,13 @@ def paired_decouple(ic1: ICFDNet, ic2: ICFDNet, params1: dict, params2: dict,
         encoded.append(h)
     for level in reversed(range(len(ic1.widths) - 1)):
         skip = encoded[level]
-        h = resize_to(h, skip.shape[1], skip.shape[2])
+        h = resize_to(h.astype(ic1.dtype), skip.shape[1], skip.shape[2])
         h = paired_block(ic1, level, params1[f"decoder{level}"], params2[f"decoder{level}"],
                          [(h, False), (skip, False)])
-    features = paired_conv(params1["feature_conv"], params2["feature_conv"], [(h, False)])
+    dtype = ic1.dtype
+    features = paired_conv(params1["feature_conv"], params2["feature_conv"], [(h, False)], dtype=dtype)
     feat1, feat2 = features[..., :ic1.features], features[..., ic1.features:]
-    class_logits = nn.Dense(ic1.num_classes).apply({"params": params1["class_head"]}, jnp.mean(feat1, axis=(1, 2)))
-    x_hat = nn.sigmoid(nn.Conv(x.shape[-1], (1, 1)).apply({"params": params2["reconstruct_head"]}, feat2))
+    class_logits = nn.Dense(ic1.num_classes, dtype=dtype).apply({"params": params1["class_head"]},
+                                                               jnp.mean(feat1, axis=(1, 2)))
+    x_hat = nn.sigmoid(nn.Conv(x.shape[-1], (1, 1), dtype=dtype).apply({"params": params2["reconstruct_head"]}, feat2))
     return feat1, class_logits, feat2, x_hat

@@ -6,7 +6,9 @@ follows torchvision's resnet18 exactly (bias-free convolutions, BatchNorm, 7x7/2
 four stages of two blocks, global average pool, Dense head), so with 3 input channels and 1000 classes the
 plain model has torchvision's 11,689,512 parameters.
 
-All modules take NHWC inputs [B, H, W, C] with any C and any H, W >= 32, and return logits [B, K].
+All modules take NHWC inputs [B, H, W, C] with any C and any H, W >= 32, and return logits [B, K]. ``dtype``
+is the computation dtype of convolutions and Dense layers (``train.compute_dtype``); BatchNorm computes in
+float32 and every parameter is float32.
 """
 
 import functools
@@ -19,8 +21,9 @@ import jax.numpy as jnp
 from flax_fld.models import pooling
 from flax_fld.models.conv import Conv
 
-# torchvision's BatchNorm2d defaults: momentum 0.1 (= flax decay 0.9), epsilon 1e-5.
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+# torchvision's BatchNorm2d defaults: momentum 0.1 (= flax decay 0.9), epsilon 1e-5; float32 whatever the
+# compute dtype (the statistics and the normalised output; the next convolution casts it back).
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)
 
 
 class SqueezeExcitation(nn.Module):
@@ -31,13 +34,14 @@ class SqueezeExcitation(nn.Module):
     """
 
     reduction: int = 16
+    dtype: Any = jnp.float32  # the Dense layers' computation dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
         squeezed = jnp.mean(x, axis=(1, 2))  # [B, C]
-        hidden = nn.relu(nn.Dense(max(1, channels // self.reduction), name="fc1")(squeezed))
-        gate = nn.sigmoid(nn.Dense(channels, name="fc2")(hidden))
+        hidden = nn.relu(nn.Dense(max(1, channels // self.reduction), dtype=self.dtype, name="fc1")(squeezed))
+        gate = nn.sigmoid(nn.Dense(channels, dtype=self.dtype, name="fc2")(hidden))
         return x * gate[:, None, None, :]
 
 
@@ -51,14 +55,15 @@ class ConvBlockAttention(nn.Module):
 
     reduction: int = 16
     spatial_kernel: int = 7
+    dtype: Any = jnp.float32  # the MLP's and the spatial convolution's computation dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
         shared_mlp = nn.Sequential([
-            nn.Dense(max(1, channels // self.reduction), name="mlp_in"),
+            nn.Dense(max(1, channels // self.reduction), dtype=self.dtype, name="mlp_in"),
             nn.relu,
-            nn.Dense(channels, name="mlp_out"),
+            nn.Dense(channels, dtype=self.dtype, name="mlp_out"),
         ])
         channel_gate = nn.sigmoid(shared_mlp(jnp.mean(x, axis=(1, 2))) + shared_mlp(jnp.max(x, axis=(1, 2))))
         x = x * channel_gate[:, None, None, :]
@@ -66,7 +71,7 @@ class ConvBlockAttention(nn.Module):
         descriptors = jnp.concatenate(
             [jnp.mean(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1)
         k = self.spatial_kernel
-        spatial = nn.Conv(1, (k, k), padding=k // 2, use_bias=False, name="spatial_conv")(descriptors)
+        spatial = nn.Conv(1, (k, k), padding=k // 2, use_bias=False, dtype=self.dtype, name="spatial_conv")(descriptors)
         return x * nn.sigmoid(spatial)
 
 
@@ -83,6 +88,7 @@ class BasicBlock(nn.Module):
         attention: a key of ATTENTIONS ("se" | "cbam") or None (plain ResNet).
         reduction: channel reduction of the attention MLP.
         spatial_kernel: CBAM's spatial-gate kernel size.
+        dtype: computation dtype of the convolutions and the attention.
     """
 
     filters: int
@@ -90,25 +96,27 @@ class BasicBlock(nn.Module):
     attention: Optional[str] = None
     reduction: int = 16
     spatial_kernel: int = 7
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         norm = functools.partial(BatchNorm, use_running_average=not train)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
         # conv.Conv: nn.Conv's result, without XLA's slow CPU paths (2x2 maps, transposed input gradients).
-        residual = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
+        residual = conv(self.filters, (3, 3), self.strides, padding=1, name="conv1")(x)
         residual = nn.relu(norm(name="bn1")(residual))
-        residual = Conv(self.filters, (3, 3), padding=1, use_bias=False, name="conv2")(residual)
+        residual = conv(self.filters, (3, 3), padding=1, name="conv2")(residual)
         residual = norm(name="bn2")(residual)
         if self.attention == "se":
-            residual = SqueezeExcitation(self.reduction, name="se")(residual)
+            residual = SqueezeExcitation(self.reduction, self.dtype, name="se")(residual)
         elif self.attention == "cbam":
-            residual = ConvBlockAttention(self.reduction, self.spatial_kernel, name="cbam")(residual)
+            residual = ConvBlockAttention(self.reduction, self.spatial_kernel, self.dtype, name="cbam")(residual)
         elif self.attention is not None:
             raise ValueError(f"resnet.py: attention={self.attention!r}; expected one of {ATTENTIONS} or None")
 
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.filters:
-            shortcut = Conv(self.filters, (1, 1), self.strides, use_bias=False, name="downsample_conv")(x)
+            shortcut = conv(self.filters, (1, 1), self.strides, name="downsample_conv")(x)
             shortcut = norm(name="downsample_bn")(shortcut)
         return nn.relu(residual + shortcut)
 
@@ -123,6 +131,8 @@ class ResNet(nn.Module):
         reduction: channel reduction of the attention MLP.
         spatial_kernel: CBAM's spatial-gate kernel size.
         width: channels of the first stage (doubled at each later stage).
+        dtype: computation dtype of convolutions and Dense layers (float32 or bfloat16); parameters are
+            float32 either way, and so is BatchNorm.
     """
 
     num_classes: int
@@ -131,22 +141,23 @@ class ResNet(nn.Module):
     reduction: int = 16
     spatial_kernel: int = 7
     width: int = 64
+    dtype: Any = jnp.float32
     # x may also be a tuple of [B,H,W,C_i] channel parts: the stem's conv.Conv reads them as their concatenation.
     takes_channel_parts: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: jax.Array | tuple[jax.Array, ...], train: bool) -> jax.Array:
         # conv.Conv: nn.Conv's result; its input gradient (every attack step) avoids XLA's lhs-dilated form.
-        x = Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem_conv")(x)
+        x = Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(BatchNorm(use_running_average=not train, name="stem_bn")(x))
         x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(self.width * 2**stage, strides, self.attention, self.reduction,
-                               self.spatial_kernel, name=f"layer{stage + 1}_block{block}")(x, train)
+                               self.spatial_kernel, self.dtype, name=f"layer{stage + 1}_block{block}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="fc")(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
 
 
 def resnet18(num_classes: int, **kwargs: Any) -> ResNet:

@@ -7,9 +7,11 @@ the classifier convolution). One deliberate difference: torchvision applies a Re
 pooling. Trained from scratch on a few hundred images that ReLU dies: every score reaches 0, the loss sits at
 log K and no gradient flows (measured on the synthetic data: stuck at the majority class, while the same
 network without it reaches ~60% validation accuracy in four epochs). The scores here are left linear.
-NHWC in, logits [B, K] out.
+NHWC in, logits [B, K] out. ``dtype`` is the convolutions' computation dtype (``train.compute_dtype``);
+BatchNorm computes in float32 and every parameter is float32.
 """
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -42,14 +44,16 @@ class ConvReLU(nn.Module):
     strides: int = 1
     padding: Any = 0
     batch_norm: bool = False
+    dtype: Any = jnp.float32  # the convolution's computation dtype (BatchNorm computes in float32)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         # conv.Conv: nn.Conv's result, with input gradients that XLA's CPU backend runs fast in the attack.
         x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=self.padding,
-                    use_bias=not self.batch_norm, kernel_init=_conv_init, name="conv")(x)
+                    use_bias=not self.batch_norm, kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+                             name="bn")(x)
         return nn.relu(x)
 
 
@@ -64,12 +68,14 @@ class Fire(nn.Module):
     squeeze: int
     expand: int
     batch_norm: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = ConvReLU(self.squeeze, 1, batch_norm=self.batch_norm, name="squeeze")(x, train)
-        return (ConvReLU(self.expand, 1, batch_norm=self.batch_norm, name="expand1x1")(x, train),
-                ConvReLU(self.expand, 3, padding=1, batch_norm=self.batch_norm, name="expand3x3")(x, train))
+        conv = functools.partial(ConvReLU, batch_norm=self.batch_norm, dtype=self.dtype)
+        x = conv(self.squeeze, 1, name="squeeze")(x, train)
+        return (conv(self.expand, 1, name="expand1x1")(x, train),
+                conv(self.expand, 3, padding=1, name="expand3x3")(x, train))
 
 
 class SqueezeNet(nn.Module):
@@ -81,32 +87,34 @@ class SqueezeNet(nn.Module):
         batch_norm: BatchNorm after every convolution but the last (not in torchvision). From scratch on a
             few hundred images the plain network sits at chance for several epochs (6 of 10 epochs on
             432 digit scans); with BatchNorm it learns from the first epoch.
+        dtype: the convolutions' computation dtype (float32 or bfloat16); parameters are float32 either way.
     """
 
     num_classes: int
     dropout_rate: float = 0.5
     batch_norm: bool = False
+    dtype: Any = jnp.float32
     # x may also be a tuple of [B,H,W,C_i] channel parts: the stem's conv.Conv reads them as their concatenation.
     takes_channel_parts: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: jax.Array | tuple[jax.Array, ...], train: bool) -> jax.Array:
-        bn = self.batch_norm
-        x = ConvReLU(64, 3, strides=2, padding="VALID", batch_norm=bn, name="stem")(x, train)
+        bn, dtype = self.batch_norm, self.dtype
+        x = ConvReLU(64, 3, strides=2, padding="VALID", batch_norm=bn, dtype=dtype, name="stem")(x, train)
         x = max_pool_ceil(x)
-        x = Fire(16, 64, bn, name="fire2")(x, train)
-        x = Fire(16, 64, bn, name="fire3")(x, train)
+        x = Fire(16, 64, bn, dtype, name="fire2")(x, train)
+        x = Fire(16, 64, bn, dtype, name="fire3")(x, train)
         x = tuple(max_pool_ceil(part) for part in x)
-        x = Fire(32, 128, bn, name="fire4")(x, train)
-        x = Fire(32, 128, bn, name="fire5")(x, train)
+        x = Fire(32, 128, bn, dtype, name="fire4")(x, train)
+        x = Fire(32, 128, bn, dtype, name="fire5")(x, train)
         x = tuple(max_pool_ceil(part) for part in x)
-        x = Fire(48, 192, bn, name="fire6")(x, train)
-        x = Fire(48, 192, bn, name="fire7")(x, train)
-        x = Fire(64, 256, bn, name="fire8")(x, train)
-        x = jnp.concatenate(Fire(64, 256, bn, name="fire9")(x, train), axis=-1)
+        x = Fire(48, 192, bn, dtype, name="fire6")(x, train)
+        x = Fire(48, 192, bn, dtype, name="fire7")(x, train)
+        x = Fire(64, 256, bn, dtype, name="fire8")(x, train)
+        x = jnp.concatenate(Fire(64, 256, bn, dtype, name="fire9")(x, train), axis=-1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         # Linear class scores (no ReLU, unlike torchvision: see the module docstring).
-        x = Conv(self.num_classes, (1, 1), kernel_init=_classifier_init, name="classifier_conv")(x)
+        x = Conv(self.num_classes, (1, 1), kernel_init=_classifier_init, dtype=dtype, name="classifier_conv")(x)
         return jnp.mean(x, axis=(1, 2))
 
 

@@ -2,7 +2,9 @@
 
 Patch embedding (a strided convolution), a learnable class token, a learnable position embedding whose
 length is fixed at init from the input size, pre-LayerNorm encoder blocks, and a Dense head on the class
-token. Dropout uses the 'dropout' rng collection. NHWC in, logits [B, K] out.
+token. Dropout uses the 'dropout' rng collection. NHWC in, logits [B, K] out. ``dtype`` is the computation
+dtype of the patch embedding, attention and Dense layers (``train.compute_dtype``); LayerNorm computes in
+float32 and every parameter is float32.
 """
 
 from typing import Any
@@ -32,17 +34,18 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout_rate: float
+    dtype: Any = jnp.float32  # the attention's and MLP's computation dtype (LayerNorm computes in float32)
 
     @nn.compact
     def __call__(self, tokens: jax.Array, train: bool) -> jax.Array:
-        y = nn.LayerNorm(name="ln_attn")(tokens)
+        y = nn.LayerNorm(dtype=jnp.float32, name="ln_attn")(tokens)
         y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate,
-                                            deterministic=not train, name="attn")(y, y)
+                                            deterministic=not train, dtype=self.dtype, name="attn")(y, y)
         tokens = tokens + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        y = nn.LayerNorm(name="ln_mlp")(tokens)
-        y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in")(y))
+        y = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(tokens)
+        y = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        y = nn.Dense(tokens.shape[-1], name="mlp_out")(y)
+        y = nn.Dense(tokens.shape[-1], dtype=self.dtype, name="mlp_out")(y)
         return tokens + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
@@ -53,6 +56,7 @@ class VisionTransformer(nn.Module):
         num_classes: K.
         patch_size, hidden_dim, depth, num_heads, mlp_dim: the usual ViT sizes.
         dropout_rate: dropout on embeddings, attention weights and MLP/attention outputs.
+        dtype: computation dtype (float32 or bfloat16); parameters are float32 either way.
     """
 
     num_classes: int
@@ -62,13 +66,14 @@ class VisionTransformer(nn.Module):
     num_heads: int = 2
     mlp_dim: int = 128
     dropout_rate: float = 0.1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         p = self.patch_size
         if x.shape[1] < p or x.shape[2] < p:
             raise ValueError(f"vit.py: image {x.shape[1]}x{x.shape[2]} is smaller than patch_size={p}")
-        patches = nn.Conv(self.hidden_dim, (p, p), (p, p), padding="VALID", name="patch_embed")(x)
+        patches = nn.Conv(self.hidden_dim, (p, p), (p, p), padding="VALID", dtype=self.dtype, name="patch_embed")(x)
         batch = patches.shape[0]
         tokens = patches.reshape(batch, -1, self.hidden_dim)  # [B, N, D]
 
@@ -84,9 +89,10 @@ class VisionTransformer(nn.Module):
         tokens = nn.Dropout(self.dropout_rate, deterministic=not train)(tokens + position)
 
         for layer in range(self.depth):
-            tokens = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, name=f"block{layer}")(tokens, train)
-        class_embedding = nn.LayerNorm(name="ln_final")(tokens)[:, 0]
-        return nn.Dense(self.num_classes, name="head")(class_embedding)
+            tokens = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
+                                  name=f"block{layer}")(tokens, train)
+        class_embedding = nn.LayerNorm(dtype=jnp.float32, name="ln_final")(tokens)[:, 0]
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(class_embedding)
 
 
 def vit(num_classes: int, preset: str = "tiny", **overrides: Any) -> VisionTransformer:
