@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 WORKDIR ?= workdir/demo
 
-.PHONY: demo test setup clean benchmark
+.PHONY: demo test test-slow setup clean benchmark
 
 # Two stamps in one venv: the demo needs only the package; the tests add pytest, scikit-learn and the CPU
 # build of PyTorch (the twin and the cross-checks), which the demo never downloads.
@@ -26,7 +26,12 @@ demo: setup
 	$(PY) launch/train.py --config=configs/default.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow" tests
+
+# The end-to-end checks that need minutes each (multi-process, crash-and-resume, resume, command lines,
+# torchvision at 224 px): kept out of `make test`; CI runs both targets.
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m slow tests
 
 benchmark: $(VENV)/.installed-test
 	$(PY) launch/benchmark.py

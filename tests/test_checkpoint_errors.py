@@ -52,6 +52,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow  # minutes of end-to-end training: make test-slow
 def test_unreadable_checkpoint_prints_one_error_line_and_no_tracebacks(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "run")], capture_output=True, text=True,

@@ -20,6 +20,8 @@ import pytest
 from flax_fld import checkpointing, config_files, crash_test, input_pipeline
 from flax_fld.crash_test import KillPoint
 
+pytestmark = pytest.mark.slow  # killed and resumed training runs, minutes: make test-slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS, EPOCH_STEPS = 6, 3  # configs/tiny.py: ~57 training images, global batch 16 on 2 devices
 TIMEOUT_S = 600

@@ -138,6 +138,7 @@ def _run(args: list[str], cwd: str, cache_dir: str) -> subprocess.CompletedProce
     return result
 
 
+@pytest.mark.slow  # minutes of end-to-end training: make test-slow
 def test_launch_train_then_eval_command_lines(tiny, tmp_path):
     config = tiny[0]
     workdir, cache_dir = str(tmp_path / "run"), str(tmp_path / "jax_cache")

@@ -36,6 +36,8 @@ import pytest
 
 from flax_fld import checkpointing, config_files, crash_test, distributed, input_pipeline, metric_writers, train
 
+pytestmark = pytest.mark.slow  # two training processes against one, minutes: make test-slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 900
 ATOL, RTOL = 1e-5, 1e-5  # after one step

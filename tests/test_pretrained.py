@@ -51,6 +51,7 @@ def _torch_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))).numpy()
 
 
+@pytest.mark.slow  # full-size torchvision networks at 224 px: make test-slow
 @pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1"])
 def test_our_model_gives_torchvision_logits_on_rgb(name):
     reference = _torchvision_model(name)

@@ -163,6 +163,7 @@ def _latest_state(workdir: str, template: TrainState) -> TrainState:
         checkpointer.close()
 
 
+@pytest.mark.slow  # minutes of end-to-end training: make test-slow
 def test_resume_continues_from_saved_step_like_an_uninterrupted_run(tiny, tmp_path):
     config, info, model, _, steps_per_epoch = tiny
     uninterrupted = str(tmp_path / "uninterrupted")
@@ -207,6 +208,7 @@ def test_resume_continues_from_saved_step_like_an_uninterrupted_run(tiny, tmp_pa
     assert len(epoch_records[-1]["class_epsilon"]) == len(info.class_names)
 
 
+@pytest.mark.slow  # minutes of end-to-end training: make test-slow
 def test_early_stopping_ends_the_run_once_patience_runs_out_and_a_rerun_stays_stopped(tiny, tmp_path):
     """A learning rate too small to change any prediction: validation never beats epoch 1 (ties are not
     improvements), so patience 1 stops the 4-epoch run after epoch 2, with a checkpoint that a re-run of the
