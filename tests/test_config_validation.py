@@ -17,7 +17,7 @@ def config(name="default"):
     return load_config(name)
 
 
-@pytest.mark.parametrize("name", ["default", "tiny", "paper", "ablation"])
+@pytest.mark.parametrize("name", ["default", "tiny", "paper", "ablation", "robust"])
 def test_shipped_configs_are_valid(name):
     shipped = config(name)
     # Validation skips keys an older config lacks, so a shipped config missing a key would pass unchecked.
