@@ -1,5 +1,5 @@
-"""PNG figures of a run: per-class curves, class epsilon/beta, the confusion matrix, a decoupling grid and the
-reliability diagram of the test probabilities.
+"""PNG figures of a run: per-class curves, class epsilon/beta, the confusion matrix, a decoupling grid, the
+reliability diagram of the test probabilities, and (for predict) where the model looks on an image.
 
 Everything renders with matplotlib's Agg backend (no display needed) and returns the path it wrote.
 The curves are drawn from the records of ``metrics.jsonl`` (see ``flax_fld.metric_writers``):
@@ -318,6 +318,46 @@ def plot_decoupling_grid(images: Any, x_hat: Any, feat1: Any, feat2: Any, labels
             if row == 0:
                 axis.set_title(title, fontsize=8)
         axes[row][0].set_ylabel(_row_label(row, labels, class_names, predictions, probabilities), fontsize=8)
+    figure.tight_layout()
+    _makedirs_for(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_saliency(image: Any, saliency: Any, class_name: str, path: str, *, probability: float | None = None,
+                  method: str = "integrated gradients", note: str = "") -> str:
+    """Writes where the model looks for one image: the image in grey, and again under ``saliency`` as a
+    semi-transparent heat overlay with a colorbar; the title names the predicted grade and ``method``.
+
+    Args:
+        image: ``[H, W, C]`` in [0, 1], C in {1, 3} (RGB is shown as its BT.601 luma).
+        saliency: ``[H, W]`` in [0, 1] (``flax_fld.saliency.saliency_map``).
+        class_name: the grade the map explains (the predicted one); ``probability`` its probability.
+        path: output PNG.
+        note: an optional second title line (predict shows the completeness check there).
+    Returns:
+        ``path``.
+    """
+    image = np.asarray(image, np.float32)
+    saliency = np.asarray(saliency, np.float32)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"image must be [H, W, 1 or 3], got shape {image.shape}")
+    if saliency.shape != image.shape[:2]:
+        raise ValueError(f"saliency must be [H, W] matching the image {image.shape[:2]}, got shape {saliency.shape}")
+    grey = np.clip(image @ np.asarray([0.299, 0.587, 0.114], np.float32) if image.shape[-1] == 3
+                   else image[..., 0], 0.0, 1.0)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(7.4, 3.6))
+    for axis in (left, right):
+        axis.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    left.set_title("image", fontsize=9)
+    heat = right.imshow(saliency, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55)
+    right.set_title("saliency over the image", fontsize=9)
+    figure.colorbar(heat, ax=right, fraction=0.046, pad=0.04, label="attribution (fraction of the maximum)")
+    title = f"predicted {class_name}" + ("" if probability is None else f" ({100 * float(probability):.0f}%)")
+    figure.suptitle(title + f": where the model looks ({method})" + (f"\n{note}" if note else ""), fontsize=10)
     figure.tight_layout()
     _makedirs_for(path)
     figure.savefig(path, dpi=100)

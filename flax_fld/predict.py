@@ -4,7 +4,13 @@
 several frames (a cine loop) gets one such line per frame (``PATH frame 3/30: ...``) and then one for the file:
 its majority grade over the frames and the mean probability of every class (``format_file_summary``). With
 ``plot_dir``, it also writes DIR/<image name>.png (DIR/<name>_frame<k>.png per frame) showing the image, IC2's
-reconstruction and a few decoupled feature maps of IC1 and IC2 (flax_fld.plots.plot_decoupling_grid).
+reconstruction and a few decoupled feature maps of IC1 and IC2 (flax_fld.plots.plot_decoupling_grid). With
+``explain`` too, beside each it writes DIR/<name>_saliency.png: where the model looks for the predicted grade,
+integrated gradients of that grade's logit with respect to the image through the whole model (IC1, IC2, the
+colour transform and the classifier; flax_fld.saliency, whose docstring says why not Grad-CAM and why the
+baseline is the image with its echo pattern flattened rather than black), drawn over the image
+(flax_fld.plots.plot_saliency). Its title shows the completeness check: the attributions' sum against the
+logit change they should add up to; a large gap means more ``explain_steps`` are needed.
 
 Images: PNG, JPEG, BMP, TIFF or DICOM (.dcm, needs ``pip install 'flax-fld[dicom]'``), grayscale or RGB, any
 size and bit depth. They are prepared exactly as the training data set prepares its images (integer images
@@ -141,15 +147,38 @@ def plot_paths(paths: Sequence[str], plot_dir: str, frames: Sequence[int | None]
     return outputs
 
 
+def saliency_paths(decoupling_paths: Sequence[str]) -> list[str]:
+    """``<name>_saliency.png`` beside each ``<name>.png`` of ``plot_paths``; a name another image's plot already
+    has gets its position appended."""
+    taken = set(decoupling_paths)
+    outputs = []
+    for index, path in enumerate(decoupling_paths):
+        stem = os.path.splitext(path)[0]
+        name = f"{stem}_saliency.png"
+        if name in taken:
+            name = f"{stem}_saliency_{index}.png"
+        taken.add(name)
+        outputs.append(name)
+    return outputs
+
+
 def run(workdir: str, image_paths: Sequence[str], *, which: str = "best", plot_dir: str = "",
-        batch_size: int = 32, loaded: tuple | None = None) -> list[str]:
+        batch_size: int = 32, loaded: tuple | None = None, explain: bool = False,
+        explain_steps: int | None = None) -> list[str]:
     """Loads the model, predicts every image, prints and returns one line per image; writes plots if asked.
 
     A file of several frames (DICOM) gives a line per frame and then its ``format_file_summary`` line.
     ``loaded`` is an already loaded ``train.load_for_inference(workdir, which)`` result (skips loading).
+    ``explain`` (needs ``plot_dir``) adds a saliency PNG per image, integrated gradients over
+    ``explain_steps`` steps (None: ``flax_fld.saliency.DEFAULT_STEPS``).
     """
-    from flax_fld import plots, train
+    from flax_fld import plots, saliency, train
 
+    if explain and not plot_dir:
+        raise ValueError("explain writes its saliency PNGs beside the decoupling plots: give plot_dir too")
+    steps = saliency.DEFAULT_STEPS if explain_steps is None else int(explain_steps)
+    if steps < 1:
+        raise ValueError(f"explain_steps={steps}; must be >= 1")
     decoded = [decode_file(path) for path in image_paths]  # a bad file fails before the model is loaded
     if loaded is None:
         loaded = train.load_for_inference(workdir, which=which)
@@ -173,10 +202,21 @@ def run(workdir: str, image_paths: Sequence[str], *, which: str = "best", plot_d
         print(line)
     if plot_dir:
         predictions = probabilities.argmax(axis=-1)
-        for index, out_path in enumerate(plot_paths(sources, plot_dir, frame_numbers)):
+        out_paths = plot_paths(sources, plot_dir, frame_numbers)
+        explained = (saliency.explain(model, variables, images, predictions, steps=steps, batch_size=batch_size)
+                     if explain else None)
+        for index, (out_path, saliency_path) in enumerate(zip(out_paths, saliency_paths(out_paths))):
             pick = slice(index, index + 1)
             plots.plot_decoupling_grid(
                 images[pick], *(None if maps[k] is None else maps[k][pick] for k in ("x_hat", "feat1", "feat2")),
                 None, info.class_names, out_path, predictions=predictions[pick], probabilities=probabilities[pick])
             print(f"wrote {out_path}")
+            if explained is None:
+                continue
+            grade = int(predictions[index])
+            note = (f"completeness: attributions sum to {explained.attribution_sums[index]:.3f}, logit change "
+                    f"{explained.logit_changes[index]:.3f} ({steps} steps from the flattened image)")
+            plots.plot_saliency(images[index], explained.maps[index], info.class_names[grade], saliency_path,
+                                probability=probabilities[index, grade], method=saliency.METHOD_NAME, note=note)
+            print(f"wrote {saliency_path}")
     return lines
