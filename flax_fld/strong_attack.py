@@ -36,7 +36,7 @@ _TINY = 1e-12  # keeps the DLR denominator positive when the logits tie
 
 def _float32_logits(logits_fn: LogitsFn) -> LogitsFn:
     """``logits_fn`` with float32 logits: margins, DLR and the loop's carried state stay float32."""
-    return lambda images: logits_fn(images).astype(jnp.float32)
+    return lambda images: (lambda logits: logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))(logits_fn(images))
 
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:

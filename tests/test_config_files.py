@@ -43,7 +43,7 @@ def test_a_file_in_the_working_directory_wins_over_the_repositorys(tmp_path, mon
 
 def test_unknown_name_missing_file_and_missing_get_config_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match=r"^config: unknown name 'tinyy' \(no .*configs/tinyy\.py\); "
-                                         r"choose one of ablation, default, paper, tiny"):
+                                         r"choose one of ablation, default, paper, robust, tiny"):
         config_files.load_config("tinyy")
     with pytest.raises(ValueError, match=r"^config: file nowhere/x\.py not found \(looked at .*nowhere/x\.py"):
         config_files.load_config("nowhere/x.py")

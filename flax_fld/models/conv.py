@@ -181,6 +181,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
     return _plain_conv(x, kernel, strides, pads, dilation)
 
 
+def cast(array: jax.Array, dtype) -> jax.Array:
+    """``array`` in the computation dtype ``dtype``; None (the default of every model) leaves it as it is, so a
+    float32 model computes in float32 and a float64 test in float64."""
+    return array if dtype is None else array.astype(dtype)
+
+
 class Conv(nn.Module):
     """``nn.Conv`` (NHWC, 2-D) computed by ``conv2d``: same parameters, initialisers and result."""
 
@@ -192,7 +198,7 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: Callable = nn.linear.default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
-    dtype: Any = jnp.float32  # of the computation (and the output); parameters are float32 whatever it is
+    dtype: Any = None  # of the computation (and the output); parameters are float32 whatever it is
 
     @nn.compact
     def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
@@ -203,11 +209,11 @@ class Conv(nn.Module):
         channels = sum(part.shape[-1] for part in parts)
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, channels, self.features))
         pads = explicit_padding(self.padding, kernel_size, strides, dilation, parts[0].shape[1:3])
-        kernel = kernel.astype(self.dtype)
+        kernel = cast(kernel, self.dtype)
         y, start = None, 0
         for part in parts:
-            term = conv2d(part.astype(self.dtype), kernel[:, :, start:start + part.shape[-1]], strides, pads, dilation)
+            term = conv2d(cast(part, self.dtype), kernel[:, :, start:start + part.shape[-1]], strides, pads, dilation)
             y, start = (term if y is None else y + term), start + part.shape[-1]
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
+            y = y + cast(self.param("bias", self.bias_init, (self.features,)), self.dtype)
         return y

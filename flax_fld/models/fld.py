@@ -31,7 +31,7 @@ from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
 
 DECOUPLERS = ("ic1", "ic2")
 # train.compute_dtype -> the dtype the submodules compute in (their ``dtype`` attribute).
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: no cast (float32 params, float32 math)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,8 @@ def float32_model(model: FLDModel) -> FLDModel:
 
 
 def _float32(array: Optional[jax.Array]) -> Optional[jax.Array]:
-    return None if array is None else array.astype(jnp.float32)
+    # At least float32: bfloat16 outputs go up, a float64 (x64) computation keeps its precision.
+    return None if array is None else array.astype(jnp.promote_types(array.dtype, jnp.float32))
 
 
 def _submodules(model: FLDModel) -> dict[str, nn.Module]:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_fld.models import pooling
+from flax_fld.models.conv import cast
 
 ICFDNET_PRESETS: dict[str, dict[str, Any]] = {
     # Tests: forward+backward at 32 px in a fraction of a second on one CPU core.
@@ -85,9 +86,9 @@ def normalization(norm: str, features: int, train: bool) -> nn.Module:
     distribution instead of two.
     """
     if norm == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
     if norm == "group":
-        return nn.GroupNorm(num_groups=math.gcd(features, 4), epsilon=1e-5, dtype=jnp.float32)
+        return nn.GroupNorm(num_groups=math.gcd(features, 4), epsilon=1e-5)
     raise ValueError(f"icfdnet.py: norm={norm!r}; expected one of {NORMS}")
 
 
@@ -98,7 +99,7 @@ class ConvBNReLU(nn.Module):
     strides: int = 1
     dilation: int = 1
     norm: str = "batch"
-    dtype: Any = jnp.float32  # the convolution's computation dtype
+    dtype: Any = None  # the convolution's computation dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -119,7 +120,7 @@ class SpatialSelfAttention(nn.Module):
 
     num_heads: int
     max_tokens: int
-    dtype: Any = jnp.float32  # the attention's computation dtype (its LayerNorm computes in float32)
+    dtype: Any = None  # the attention's computation dtype (its LayerNorm computes in float32)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -129,7 +130,7 @@ class SpatialSelfAttention(nn.Module):
         if factor > 1:
             y = nn.avg_pool(x, (factor, factor), (factor, factor), padding="SAME", count_include_pad=False)
         pooled_h, pooled_w = y.shape[1:3]
-        tokens = nn.LayerNorm(dtype=jnp.float32)(y.reshape(batch, pooled_h * pooled_w, channels))
+        tokens = nn.LayerNorm()(y.reshape(batch, pooled_h * pooled_w, channels))
         tokens = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=channels,
                                                  dtype=self.dtype)(tokens, tokens)
         y = resize_to(tokens.reshape(batch, pooled_h, pooled_w, channels), height, width)
@@ -156,7 +157,7 @@ class ICBlock(nn.Module):
     num_heads: int
     attn_max_tokens: int
     norm: str = "batch"
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -178,7 +179,7 @@ class ICBlock(nn.Module):
         h = conv(self.mid_channels, dilation=2, name="dilated")(h, train)
 
         for level, skip in reversed(list(enumerate(skips))):
-            h = resize_to(h.astype(self.dtype), skip.shape[1], skip.shape[2])
+            h = resize_to(cast(h, self.dtype), skip.shape[1], skip.shape[2])
             features = self.out_channels if level == 0 else self.mid_channels
             h = conv(features, name=f"dec{level}")(jnp.concatenate([h, skip], axis=-1), train)
         return residual + h
@@ -214,7 +215,7 @@ class ICFDNet(nn.Module):
     num_classes: int = 4
     mid_ratio: int = 2
     norm: str = "batch"
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     def block_channels(self, level: int) -> tuple[int, int]:
         """(out_channels, mid_channels) of the ICBlocks at U-Net `level`."""
@@ -247,7 +248,7 @@ class ICFDNet(nn.Module):
 
         for level in reversed(range(len(self.widths) - 1)):
             skip = encoded[level]
-            h = resize_to(h.astype(self.dtype), skip.shape[1], skip.shape[2])
+            h = resize_to(cast(h, self.dtype), skip.shape[1], skip.shape[2])
             h = self._block(level, f"decoder{level}")(jnp.concatenate([h, skip], axis=-1), train)
 
         features = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name="feature_conv")(h)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from flax_fld.models.conv import cast
 from flax_fld.models.icfdnet import ICFDNet, SpatialSelfAttention, halve, image_at_level, resize_to
 
 # (activation, shared): a shared part is one tensor that both networks read (the image); any other part
@@ -62,21 +63,21 @@ def block_diagonal_kernel(kernel1: jax.Array, kernel2: jax.Array, parts: list[Pa
 
 
 def paired_conv(p1: dict, p2: dict, parts: list[Part], strides: int = 1, dilation: int = 1,
-                dtype=jnp.float32) -> jax.Array:
+                dtype=None) -> jax.Array:
     """``nn.Conv(features, (k, k), strides, padding=dilation*(k//2), kernel_dilation=dilation, dtype=dtype)`` of
     both networks (params p1, p2: {'kernel'[, 'bias']}) on the concatenated `parts`: -> [B,H/s,W/s,2*features]."""
-    kernel = block_diagonal_kernel(p1["kernel"], p2["kernel"], parts).astype(dtype)
+    kernel = cast(block_diagonal_kernel(p1["kernel"], p2["kernel"], parts), dtype)
     pad = dilation * (kernel.shape[0] // 2)
-    x = jnp.concatenate([array.astype(dtype) for array, _ in parts], axis=-1)
+    x = jnp.concatenate([cast(array, dtype) for array, _ in parts], axis=-1)
     y = lax.conv_general_dilated(x, kernel, (strides, strides), ((pad, pad), (pad, pad)),
                                  rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if "bias" in p1:
-        y = y + jnp.concatenate([p1["bias"], p2["bias"]]).astype(dtype)
+        y = y + cast(jnp.concatenate([p1["bias"], p2["bias"]]), dtype)
     return y
 
 
 def paired_conv_norm_relu(p1: dict, p2: dict, parts: list[Part], strides: int = 1, dilation: int = 1,
-                          dtype=jnp.float32) -> jax.Array:
+                          dtype=None) -> jax.Array:
     """``ConvBNReLU`` with norm="group" of both networks: -> [B,H/s,W/s,2*features] (float32: the norm's)."""
     y = paired_conv(p1["Conv_0"], p2["Conv_0"], parts, strides, dilation, dtype)
     features = y.shape[-1] // 2
@@ -84,13 +85,13 @@ def paired_conv_norm_relu(p1: dict, p2: dict, parts: list[Part], strides: int = 
     # over [IC1 | IC2] are the same groups.
     norm_params = {name: jnp.concatenate([p1["GroupNorm_0"][name], p2["GroupNorm_0"][name]])
                    for name in ("scale", "bias")}
-    y = nn.GroupNorm(num_groups=2 * math.gcd(features, 4), epsilon=1e-5, dtype=jnp.float32).apply(
+    y = nn.GroupNorm(num_groups=2 * math.gcd(features, 4), epsilon=1e-5).apply(
         {"params": norm_params}, y)
     return nn.relu(y)
 
 
 def paired_attention(p1: dict, p2: dict, x: jax.Array, num_heads: int, max_tokens: int,
-                     dtype=jnp.float32) -> jax.Array:
+                     dtype=None) -> jax.Array:
     """``SpatialSelfAttention`` of each network on its half of x [B,H,W,2C] -> [B,H,W,2C]."""
     half = x.shape[-1] // 2
     attention = SpatialSelfAttention(num_heads, max_tokens, dtype)

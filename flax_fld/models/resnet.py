@@ -23,7 +23,7 @@ from flax_fld.models.conv import Conv
 
 # torchvision's BatchNorm2d defaults: momentum 0.1 (= flax decay 0.9), epsilon 1e-5; float32 whatever the
 # compute dtype (the statistics and the normalised output; the next convolution casts it back).
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
 class SqueezeExcitation(nn.Module):
@@ -34,7 +34,7 @@ class SqueezeExcitation(nn.Module):
     """
 
     reduction: int = 16
-    dtype: Any = jnp.float32  # the Dense layers' computation dtype
+    dtype: Any = None  # the Dense layers' computation dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,7 +55,7 @@ class ConvBlockAttention(nn.Module):
 
     reduction: int = 16
     spatial_kernel: int = 7
-    dtype: Any = jnp.float32  # the MLP's and the spatial convolution's computation dtype
+    dtype: Any = None  # the MLP's and the spatial convolution's computation dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -96,7 +96,7 @@ class BasicBlock(nn.Module):
     attention: Optional[str] = None
     reduction: int = 16
     spatial_kernel: int = 7
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -141,7 +141,7 @@ class ResNet(nn.Module):
     reduction: int = 16
     spatial_kernel: int = 7
     width: int = 64
-    dtype: Any = jnp.float32
+    dtype: Any = None
     # x may also be a tuple of [B,H,W,C_i] channel parts: the stem's conv.Conv reads them as their concatenation.
     takes_channel_parts: ClassVar[bool] = True
 

@@ -44,7 +44,7 @@ class ConvReLU(nn.Module):
     strides: int = 1
     padding: Any = 0
     batch_norm: bool = False
-    dtype: Any = jnp.float32  # the convolution's computation dtype (BatchNorm computes in float32)
+    dtype: Any = None  # the convolution's computation dtype (BatchNorm computes in float32)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,7 +52,7 @@ class ConvReLU(nn.Module):
         x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=self.padding,
                     use_bias=not self.batch_norm, kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              name="bn")(x)
         return nn.relu(x)
 
@@ -68,7 +68,7 @@ class Fire(nn.Module):
     squeeze: int
     expand: int
     batch_norm: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -93,7 +93,7 @@ class SqueezeNet(nn.Module):
     num_classes: int
     dropout_rate: float = 0.5
     batch_norm: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
     # x may also be a tuple of [B,H,W,C_i] channel parts: the stem's conv.Conv reads them as their concatenation.
     takes_channel_parts: ClassVar[bool] = True
 

@@ -34,15 +34,15 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout_rate: float
-    dtype: Any = jnp.float32  # the attention's and MLP's computation dtype (LayerNorm computes in float32)
+    dtype: Any = None  # the attention's and MLP's computation dtype (LayerNorm computes in float32)
 
     @nn.compact
     def __call__(self, tokens: jax.Array, train: bool) -> jax.Array:
-        y = nn.LayerNorm(dtype=jnp.float32, name="ln_attn")(tokens)
+        y = nn.LayerNorm(name="ln_attn")(tokens)
         y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                                             deterministic=not train, dtype=self.dtype, name="attn")(y, y)
         tokens = tokens + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        y = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(tokens)
+        y = nn.LayerNorm(name="ln_mlp")(tokens)
         y = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = nn.Dense(tokens.shape[-1], dtype=self.dtype, name="mlp_out")(y)
@@ -66,7 +66,7 @@ class VisionTransformer(nn.Module):
     num_heads: int = 2
     mlp_dim: int = 128
     dropout_rate: float = 0.1
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -91,7 +91,7 @@ class VisionTransformer(nn.Module):
         for layer in range(self.depth):
             tokens = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
                                   name=f"block{layer}")(tokens, train)
-        class_embedding = nn.LayerNorm(dtype=jnp.float32, name="ln_final")(tokens)[:, 0]
+        class_embedding = nn.LayerNorm(name="ln_final")(tokens)[:, 0]
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(class_embedding)
 
 
