@@ -31,8 +31,9 @@ demo: setup
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow" tests
 
-# The end-to-end checks that need minutes each (multi-process, crash-and-resume, resume, command lines,
-# torchvision at 224 px): kept out of `make test`; CI runs both targets.
+# The checks that need minutes each (multi-process, crash-and-resume, resume, command lines, torchvision at
+# 224 px, the ResNet-family PyTorch twins, torchattacks' APGD against ours): kept out of `make test`; CI runs
+# both targets.
 test-slow: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m slow tests
 

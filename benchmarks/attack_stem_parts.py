@@ -16,9 +16,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from flax_fld import attack
-from flax_fld.config_files import load_config
+from flax_fld.method import attack
 from flax_fld.models import fld
+from flax_fld.runtime.config_files import load_config
 
 
 def attack_fn(model: fld.FLDModel, epsilon: jax.Array, as_parts: bool):

@@ -1,7 +1,7 @@
 """Where a training run's compile time goes: every XLA program ``launch/train.py`` compiles, by phase.
 
   python benchmarks/compile_probe.py --image_size=64 --per_device_batch_size=2 --num_steps=2 \
-      --eval_steps=2 --eval_batch_size=8                                  # CPU: the programs, ~15 min loaded
+      --eval_steps=2 --eval_batch_size=8                                  # on a CPU
   python benchmarks/compile_probe.py                                      # configs/paper.py as it is (GPU)
   python benchmarks/compile_probe.py --memory_only --memory_batches=8,16,32,64        # peak memory per batch
   python benchmarks/compile_probe.py --launch_repeats=3 --per_device_batch_size=2 --num_steps=2
@@ -12,7 +12,7 @@ first training step, ``end_epoch``, the validation (robust when the config valid
 evaluation under both threat models, the test report's calibration and decoupling grid, and then a second
 epoch (step, end_epoch, validation), which must compile nothing (``jax_explain_cache_misses`` is on there,
 so a recompilation says why). The training step compiles in a thread beside the state's initialisation, as
-in ``train.train_and_evaluate``. ``flax_fld.compile_log`` records each program JAX hands to XLA (name,
+in ``train.train_and_evaluate``. ``flax_fld.training.compile_log`` records each program JAX hands to XLA (name,
 lowering s, compile s); the large ones are lowered again afterwards to count their StableHLO operations and
 distinct convolution and dot_general shapes (in the layer forms of this backend, and for the step also in
 the plain forms a GPU uses). Compile time does not depend on the attack's K nor on PGD's steps (both are
@@ -39,7 +39,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
-from flax_fld import cli  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld.runs import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +121,7 @@ def fresh_train_step(model, frozen_config):
     """The pmapped step as ``train.parallel_train_step`` builds it, as a new function (so no trace cache hit)."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    from flax_fld import train  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import train  # pylint: disable=import-outside-toplevel
 
     step = functools.partial(train.train_step, model=model, config=frozen_config)
     return jax.pmap(step, axis_name=train.AXIS_NAME, in_axes=(None, 0), out_axes=(None, None), donate_argnums=(0,))
@@ -133,7 +133,10 @@ def run_probe(config, log) -> tuple[list[tuple[str, float]], dict]:
     import jax  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
 
-    from flax_fld import evaluate, input_pipeline, run_outputs, train  # pylint: disable=import-outside-toplevel
+    from flax_fld.data import input_pipeline  # pylint: disable=import-outside-toplevel
+    from flax_fld.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+    from flax_fld.reporting import run_outputs  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import train  # pylint: disable=import-outside-toplevel
     from flax_fld.models import fld  # pylint: disable=import-outside-toplevel
 
     phases = []
@@ -206,7 +209,8 @@ def sizes(config, built) -> list[tuple]:
     lowered again (not compiled) in the backend's layer forms and, for the step, in the plain (GPU) forms."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    from flax_fld import evaluate, train  # pylint: disable=import-outside-toplevel
+    from flax_fld.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import train  # pylint: disable=import-outside-toplevel
 
     rows = []
     model, frozen = built["model"], built["frozen"]
@@ -238,7 +242,7 @@ def memory_table(config, batches: list[int]) -> list[tuple]:
     import ml_collections  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from flax_fld import train  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import train  # pylint: disable=import-outside-toplevel
     from flax_fld.models import fld  # pylint: disable=import-outside-toplevel
 
     size, channels = int(config.data.image_size), int(config.data.channels)
@@ -312,7 +316,7 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import jax  # pylint: disable=import-outside-toplevel
 
-    from flax_fld import compile_log  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import compile_log  # pylint: disable=import-outside-toplevel
     from benchmarks import timing  # pylint: disable=import-outside-toplevel
 
     config = probe_config()

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flax_fld import config_files, train
 from flax_fld.models import fld
+from flax_fld.runtime import config_files
+from flax_fld.training import train
 
 
 def main(root: str, steps: int, attack_steps: int = 0) -> dict:

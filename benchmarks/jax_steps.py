@@ -11,8 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_fld import train
 from flax_fld.models import fld
+from flax_fld.training import train
 
 
 class Contender(NamedTuple):

@@ -50,7 +50,7 @@ benchmark() {  # benchmark LIMIT_S NAME ARGS...: launch/benchmark.py on configs/
 stamp "environment"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
   "$python" -c "import sys, jax, jaxlib, flax, optax, orbax.checkpoint, torch
-import flax_fld.train, benchmarks.jax_steps  # the whole package imports (TFDS, orbax, ...)
+import flax_fld.training.train, benchmarks.jax_steps  # the whole package imports (TFDS, orbax, ...)
 print('python', sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__,
       'optax', optax.__version__, 'torch', torch.__version__)
 print('jax devices', jax.devices())" || exit 1

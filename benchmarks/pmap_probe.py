@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from benchmarks import jax_steps, timing
 from benchmarks.side_by_side import step_config
-from flax_fld.config_files import load_config
+from flax_fld.runtime.config_files import load_config
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_fld import config_files, train
 from flax_fld.models import fld
+from flax_fld.runtime import config_files
+from flax_fld.training import train
 
 TRACED_STEPS = 3
 

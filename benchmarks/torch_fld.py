@@ -58,7 +58,7 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
-    # Safe branches as in flax_fld/color.py: the discarded side of each where() has a finite gradient.
+    # Safe branches as in flax_fld/models/color.py: the discarded side of each where() has a finite gradient.
     linear = torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
     xyz = _apply_matrix(linear, _RGB_TO_XYZ) / _channel_vector(_D65_WHITE, x)
     delta = 6.0 / 29.0
@@ -68,7 +68,7 @@ def _rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
 
 
 def color_transform(x: torch.Tensor, space: str) -> torch.Tensor:
-    """Y_c of Algorithm 1 (``flax_fld.color.color_transform``): [B,C,H,W], C in {1,3} -> [B,Cc,H,W], ~[0,1]."""
+    """Y_c of Algorithm 1 (``flax_fld.models.color.color_transform``): [B,C,H,W], C in {1,3} -> [B,Cc,H,W], ~[0,1]."""
     num_color_channels(space)
     if x.shape[1] == 1:
         if space == "gray":

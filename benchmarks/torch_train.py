@@ -1,10 +1,10 @@
-"""One training step of Algorithm 1 in PyTorch, the twin of ``flax_fld.train.train_step`` on one device, and
+"""One training step of Algorithm 1 in PyTorch, the twin of ``flax_fld.training.train.train_step`` on one device, and
 ``build_twin``, which builds model + optimizer from the same ml_collections config (configs/default.py).
 
     trainer = build_twin(config, steps_per_epoch=30, num_threads=2)
     metrics = trainer.train_step(batch_from_numpy(images_nhwc, labels))
 
-The optimizer follows ``train.create_optimizer``: optional global-norm clipping (optax's rule: scale by
+The optimizer follows ``optimizer.create_optimizer``: optional global-norm clipping (optax's rule: scale by
 max_norm / norm only when norm >= max_norm), then AdamW (b1 0.9, b2 0.999, eps 1e-8, decoupled decay) or SGD
 with momentum and L2, decay on the parameters whose *flax* shape has ndim > 1 (kernels, the ViT's tokens and
 embeddings, and the attention q/k/v biases, which flax stores as [heads, head_dim]), and optax's warm-up +
@@ -37,7 +37,7 @@ def intra_op_threads(num_threads: int) -> Iterator[None]:
 
 def learning_rate_fn(optim_config: ml_collections.ConfigDict, num_epochs: int,
                      steps_per_epoch: int) -> Callable[[int], float]:
-    """``train.create_learning_rate_fn`` as a python function of the 0-based step."""
+    """``optimizer.create_learning_rate_fn`` as a python function of the 0-based step."""
     total = max(int(num_epochs * steps_per_epoch), 1)
     warmup = min(int(optim_config.warmup_epochs * steps_per_epoch), total - 1)
     peak = float(optim_config.learning_rate)

@@ -2,7 +2,7 @@
 
   python launch/ablation.py --config=configs/ablation.py --workdir=workdir/ablation
 
-Each run is configs/default.py with the row's switches (see flax_fld/ablation.py); for a paper-scale ablation
+Each run is configs/default.py with the row's switches (see flax_fld/runs/ablation.py); for a paper-scale ablation
 start from configs/paper.py values via --config.* overrides.
 """
 
@@ -18,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     ablation.backbones = ("resnet18", "cbam_resnet18", "se_resnet18", "squeezenet1_1")
     ablation.seeds = 3  # Seeds 0, 1, 2: each cell is mean +- std (the paper reports one run).
     ablation.rows = ("baseline", "icfdnet", "icfdnet_at")  # Table 2's three rows per backbone.
-    ablation.linear_floor = True  # First row: logistic regression on the raw pixels (flax_fld.linear_probe).
-    # Second row: logistic regression on intensity histogram, GLCM and gradient features (flax_fld.texture_features).
+    ablation.linear_floor = True  # First row: logistic regression on the raw pixels (flax_fld.evaluation.linear_probe).
+    # Second row: logistic regression on intensity histogram, GLCM and gradient features (flax_fld.evaluation.texture_features).
     ablation.texture_floor = True
     config.train.validate_robust = False  # The ablation reports clean accuracy; robust validation only costs time.
     config.train.best_metric = "worst_class"  # Same selection rule for every row.

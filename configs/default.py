@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.standardize_features = True  # Standardise Feat1/Feat2 per image and channel before concatenation.
     model.detach_features = False  # True: the classifier's loss does not update IC1/IC2 (only Ls, Lc do).
     # Path of a torchvision ImageNet state_dict (.pth, or .npz) to start the classifier from (resnet18 family,
-    # or squeezenet1_1 with squeezenet_batch_norm=False); "" trains from scratch (flax_fld/pretrained.py).
+    # or squeezenet1_1 with squeezenet_batch_norm=False); "" trains from scratch (flax_fld/models/pretrained.py).
     model.init_from = ""
 
     config.adv = adv = ml_collections.ConfigDict()
@@ -88,8 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Robust evaluation threat model: True perturbs the input image seen by IC1, IC2 and the colour transform
     # (an attacker only controls the image); False holds the decoupled features fixed as in training (Fig. 2).
     adv.eval_through_decouplers = True
-    # launch/eval.py --robust=strong (flax_fld/robust_eval.py): per-example worst case of PGD-CE and an
-    # APGD-style attack (flax_fld/strong_attack.py) at adv.eval_epsilon, under the threat model above.
+    # launch/eval.py --robust=strong (flax_fld/robustness/robust_eval.py): per-example worst case of PGD-CE and an
+    # APGD-style attack (flax_fld/robustness/strong_attack.py) at adv.eval_epsilon, under the threat model above.
     adv.strong_pgd_steps = 20  # PGD-CE steps of that evaluation (PGD-20, step adv.eval_step_size).
     # Steps of each strong-attack run (APGD uses 100; with 20 the CPU demo's test split takes ~30 minutes).
     adv.strong_steps = 20
@@ -147,7 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
     # and evaluation, robust evaluation and prediction always run in float32.
     train.compute_dtype = "float32"
 
-    # The test report (eval.json 'calibration', WORKDIR/plots/reliability_diagram.png; flax_fld/reliability.py).
+    # The test report (eval.json 'calibration', WORKDIR/plots/reliability_diagram.png; flax_fld/evaluation/reliability.py).
     config.eval = eval_config = ml_collections.ConfigDict()
     # Also fit a softmax temperature on the validation split (NLL) and report the test ECE after it beside
     # the ECE before; accuracy never changes (argmax is invariant). False: the ECE before only.

@@ -1,4 +1,4 @@
-"""Table 2 of the paper: baseline, +ICFDNet and +ICFDNet+AT per backbone over several seeds (flax_fld/ablation.py).
+"""Table 2 of the paper: baseline, +ICFDNet and +ICFDNet+AT per backbone over several seeds (flax_fld/runs/ablation.py).
 
   python launch/ablation.py --config=configs/ablation.py --workdir=workdir/ablation
 
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import ablation, cli
+from flax_fld.reporting import tables
+from flax_fld.runs import ablation, cli
 
 # No default file: with one, config_flags applies the overrides while defining the flag, before
 # cli.run_main could turn a misspelt key into one line.
@@ -31,7 +32,7 @@ def main(argv: Sequence[str]) -> None:
                                         log=functools.partial(print, flush=True))
     except (ValueError, FloatingPointError) as error:  # bad config or data, a diverged run
         sys.exit(f"error: {error}")
-    print(ablation.format_ablation_table(results))
+    print(tables.format_ablation_table(results))
     print(f"wrote {os.path.join(_WORKDIR.value, 'ablation.md')} and ablation.json")
 
 

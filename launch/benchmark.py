@@ -15,8 +15,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
 from benchmarks import report, side_by_side  # noqa: E402  pylint: disable=wrong-import-position
-from flax_fld import cli  # noqa: E402  pylint: disable=wrong-import-position
-from flax_fld.atomic_files import write_text_atomically  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld.runs import cli  # noqa: E402  pylint: disable=wrong-import-position
+from flax_fld.runtime.atomic_files import write_text_atomically  # noqa: E402  pylint: disable=wrong-import-position
 from flax_fld.models import registry  # noqa: E402  pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every row (default configs/default.py).")

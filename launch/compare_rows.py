@@ -1,4 +1,4 @@
-"""Paired comparison of ablation rows over the seeds they share (flax_fld/ablation.py).
+"""Paired comparison of ablation rows over the seeds they share (flax_fld/runs/ablation.py).
 
   python launch/compare_rows.py --first=workdir/ablation/squeezenet1_1/icfdnet \\
       --second=workdir/ablation/squeezenet1_1/icfdnet_at
@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from flax_fld import ablation, cli
+from flax_fld.reporting import tables
+from flax_fld.runs import ablation, cli
 
 _FIRST = flags.DEFINE_string("first", None, "Row directory WORKDIR/<backbone>/<row> holding seed_<s>/eval.json.")
 _SECOND = flags.DEFINE_list("second", None, "Row(s) compared against --first, same layout; several: a variant table.")
@@ -27,10 +28,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         if len(_SECOND.value) == 1:
-            print(ablation.format_paired_comparison(ablation.row_reports(_FIRST.value),
+            print(tables.format_paired_comparison(ablation.row_reports(_FIRST.value),
                                                     ablation.row_reports(_SECOND.value[0])))
         else:
-            print(ablation.format_variant_table(_FIRST.value, _SECOND.value))
+            print(tables.format_variant_table(ablation.variant_rows(_FIRST.value, _SECOND.value)))
     except ValueError as error:
         sys.exit(f"error: {error}")
 

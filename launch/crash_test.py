@@ -1,5 +1,5 @@
 """Crash-and-resume check at scale: kill ``launch/train.py`` with SIGKILL at random moments, re-run it, and
-compare with an uninterrupted run of the same config and seed (flax_fld/crash_trials.py).
+compare with an uninterrupted run of the same config and seed (harness/crash_trials.py).
 
   python launch/crash_test.py --config=configs/tiny.py --workdir=/tmp/fld_crash --kills=20 --seed=0 \
       [--config.train.async_checkpointing=True ...]
@@ -17,13 +17,16 @@ defaults to WORKDIR/jax_cache so that re-runs skip compilation.
 """
 
 import functools
+import os
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import cli, crash_trials
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # harness/ is not installed
+from flax_fld.runs import cli  # noqa: E402  pylint: disable=wrong-import-position
+from harness import crash_trials  # noqa: E402  pylint: disable=wrong-import-position
 
 # A config flag (not a plain path) so that a bad --config.KEY=VALUE stops here, before any launch.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/tiny.py).")

@@ -1,4 +1,4 @@
-"""Evaluate a trained run (flax_fld/evaluate_checkpoint.py).
+"""Evaluate a trained run (flax_fld/runs/evaluate_checkpoint.py).
 
   python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test] [--robust=pgd|strong [--strong_epsilon=2]]
   python launch/eval.py --workdir=DIR --epsilons=1,2,4,8   # robust accuracy against the radius
@@ -7,7 +7,7 @@ Evaluates clean and PGD-CE robust per-class accuracy (with 95 % intervals) and t
 probabilities (ECE before and after temperature scaling) over every example of the split, writes DIR/eval.json
 (and DIR/plots/confusion_matrix.png, DIR/plots/reliability_diagram.png) and prints the paper-style table. ``--robust=strong`` adds eval.json's
 ``strong_robust``: per-class accuracy under random-sign noise, PGD-20, an APGD-style attack and their
-per-example worst case, with sanity checks (flax_fld/robust_eval.py; budget in ``adv.strong_*``).
+per-example worst case, with sanity checks (flax_fld/robustness/robust_eval.py; budget in ``adv.strong_*``).
 ``--epsilons`` instead adds PGD-CE at each listed radius (in 1/255) to the ``robust`` entries of the existing
 eval.json, under the configured threat model, leaving its other fields as they are.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from flax_fld import cli, evaluate_checkpoint
+from flax_fld.runs import cli, evaluate_checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch/train.py.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint slot (best falls back to latest).")
@@ -50,19 +50,20 @@ def main(argv: Sequence[str]) -> None:
     if _EPSILONS.value:
         radii = _radii(_EPSILONS.value)
         try:
-            evaluate_checkpoint.add_robust_curve(_WORKDIR.value, radii, which=_WHICH.value, split=_SPLIT.value,
-                                                 log=functools.partial(print, flush=True))
+            report = evaluate_checkpoint.add_robust_curve(_WORKDIR.value, radii, which=_WHICH.value,
+                                                          split=_SPLIT.value, log=functools.partial(print, flush=True))
+            evaluate_checkpoint.write_report_json(_WORKDIR.value, report)
         except ValueError as error:
             sys.exit(f"error: {error}")
         return
     try:
-        _, text = evaluate_checkpoint.evaluate_checkpoint(
+        report, config = evaluate_checkpoint.evaluate_checkpoint(
             _WORKDIR.value, which=_WHICH.value, split=_SPLIT.value, strong=_ROBUST.value == "strong",
             strong_epsilon=None if _STRONG_EPSILON.value is None else _radii([str(_STRONG_EPSILON.value)])[0],
             log=functools.partial(print, flush=True))
     except ValueError as error:
         sys.exit(f"error: {error}")
-    print(text)
+    print(evaluate_checkpoint.write_evaluation(_WORKDIR.value, report, config))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Grade new ultrasound images with a trained model (flax_fld/predict.py).
+"""Grade new ultrasound images with a trained model (flax_fld/runs/predict.py).
 
   python launch/predict.py --workdir=workdir/demo [--which=best] [--plot_dir=DIR [--explain]] IMAGE [IMAGE ...]
 
 Prints, for each image, the predicted grade and the probability of every class; with --plot_dir, also one
 PNG per image with IC2's reconstruction and decoupled feature maps, and with --explain beside it
 <name>_saliency.png: where the model looks for the predicted grade (integrated gradients through the whole
-model, flax_fld/saliency.py). --explain without --plot_dir is a usage error: its PNGs go beside the
+model, flax_fld/evaluation/saliency.py). --explain without --plot_dir is a usage error: its PNGs go beside the
 decoupling plots, and predict writes no file unless told where. PNG, JPEG, BMP, TIFF or DICOM (.dcm, with
 `pip install 'flax-fld[dicom]'`), any size and bit depth, grayscale or RGB. A multi-frame DICOM (cine loop)
 gets a line per frame and one for the file: its majority grade and mean class probabilities.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from flax_fld import cli, predict
+from flax_fld.runs import cli, predict
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (config.json, checkpoints).")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to load.")
@@ -25,7 +25,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
 _EXPLAIN = flags.DEFINE_boolean("explain", False, "With --plot_dir: also write <name>_saliency.png per image, "
                                 "integrated gradients of the predicted grade through the whole model.")
 _EXPLAIN_STEPS = flags.DEFINE_integer("explain_steps", None, "Integrated-gradients steps per image "
-                                      "(default flax_fld.saliency.DEFAULT_STEPS, 64).", lower_bound=1)
+                                      "(default flax_fld.evaluation.saliency.DEFAULT_STEPS, 64).", lower_bound=1)
 flags.mark_flag_as_required("workdir")
 
 

@@ -1,4 +1,4 @@
-"""Write a PNG grid of examples per class of a data set, preparing it first if needed (flax_fld/datasets/preview.py).
+"""Write a PNG grid of examples per class of a data set, preparing it first if needed (flax_fld/tools/preview.py).
 
   python launch/preview_data.py --data=synthetic_fatty_liver --out=preview.png
   python launch/preview_data.py --data=class_folders --config.data.root=/path/to/scans --out=mine.png
@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import cli, input_pipeline
-from flax_fld.datasets import preview
+from flax_fld.data import input_pipeline
+from flax_fld.runs import cli
+from flax_fld.tools import preview
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (default configs/default.py); only "
                                           "config.data is used.")

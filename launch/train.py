@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from flax_fld import cli
+from flax_fld.runs import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/default.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots, eval.json.")
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def initialize_distributed() -> None:
     """``distributed.initialize`` when asked by flag or by the standard environment variable."""
     if _MULTIHOST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        from flax_fld import distributed
+        from flax_fld.runtime import distributed
 
         try:
             distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
     initialize_distributed()
     import jax
 
-    from flax_fld import train
+    from flax_fld.training import train
 
     print(f"JAX {jax.__version__}: {jax.process_count()} process(es), {jax.local_device_count()} local "
           f"{jax.devices()[0].platform} device(s)", flush=True)

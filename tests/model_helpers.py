@@ -46,7 +46,8 @@ def untrained_run(root, config):
     for any weights, so they skip training). ``config.data.data_dir`` must be set."""
     import os
 
-    from flax_fld import checkpointing, input_pipeline, train
+    from flax_fld.data import input_pipeline
+    from flax_fld.training import checkpointing, train
     from flax_fld.models import fld
 
     info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info

@@ -1,4 +1,4 @@
-"""Tests for flax_fld/ablation.py: run variants, resumability and the Table 2 mean ± std layout.
+"""Tests for flax_fld/runs/ablation.py: run variants, resumability and the Table 2 mean ± std layout.
 
 Training is replaced by a fake ``train_fn`` that writes an eval.json whose numbers depend on the run's
 config, so the table arithmetic can be checked by hand; the real training path is covered by train's tests.
@@ -11,8 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flax_fld import ablation, metrics
-from flax_fld.config_files import load_config
+from flax_fld.evaluation import across_seeds, metrics
+from flax_fld.reporting import tables
+from flax_fld.runs import ablation
+from flax_fld.runtime.config_files import load_config
 
 CLASS_NAMES = ("normal", "mild", "moderate", "severe")
 
@@ -98,11 +100,11 @@ def test_table_has_mean_and_std_per_cell_and_resumes_without_retraining(tmp_path
 
 def test_aggregate_uses_sample_std_and_single_seed_prints_plain_mean():
     reports = [metrics.class_report(np.diag([n, 10, 10, 10]) + 0, CLASS_NAMES) for n in (10, 10)]
-    summary = ablation.aggregate_reports(reports)
+    summary = across_seeds.aggregate_reports(reports)
     assert summary["average"] == {"mean": 100.0, "std": 0.0, "n": 2}
-    one = ablation.aggregate_reports(reports[:1])
-    assert ablation._cell(one["average"]) == "100.00"
-    assert ablation._cell({"mean": 76.5, "std": 1.234, "n": 3}) == "76.50 ± 1.23"
+    one = across_seeds.aggregate_reports(reports[:1])
+    assert tables._cell(one["average"]) == "100.00"
+    assert tables._cell({"mean": 76.5, "std": 1.234, "n": 3}) == "76.50 ± 1.23"
 
 
 @pytest.mark.parametrize("section, message", [
@@ -183,16 +185,16 @@ def _robust_report(averages: dict) -> dict:
 def test_robust_curves_take_the_end_to_end_entries_and_write_a_table_and_plot(tmp_path):
     reports = [_robust_report({1: 60.0, 2: 40.0, 8: 0.0}), _robust_report({1: 50.0, 2: 30.0, 8: 0.0})]
     results = [{"backbone": "squeezenet1_1", "row": "icfdnet_at", "method": "SqueezeNet+ICFDNet+AT",
-                "class_names": [], "summary": ablation.aggregate_reports(
+                "class_names": [], "summary": across_seeds.aggregate_reports(
                     [dict(r, per_class_accuracy={"a": 1.0}, balanced_accuracy=1.0) for r in reports])},
                {"backbone": "squeezenet1_1", "row": "icfdnet", "method": "SqueezeNet+ICFDNet", "class_names": [],
-                "summary": ablation.aggregate_reports([dict(_robust_report({8: 0.0}), per_class_accuracy={"a": 1.0},
+                "summary": across_seeds.aggregate_reports([dict(_robust_report({8: 0.0}), per_class_accuracy={"a": 1.0},
                                                             balanced_accuracy=1.0)])}]
     curves = ablation.robust_curves(results)
     assert list(curves) == ["SqueezeNet+ICFDNet+AT"]  # a single radius is no curve
     assert list(curves["SqueezeNet+ICFDNet+AT"]) == [1.0, 2.0, 8.0]  # fixed-features entries are not on it
     assert curves["SqueezeNet+ICFDNet+AT"][1.0]["mean"] == 55.0
-    table = ablation.format_robust_curve_table(curves)
+    table = tables.format_robust_curve_table(curves)
     assert "| SqueezeNet+ICFDNet+AT | 55.00 ± 7.07 | 35.00 ± 7.07 | 0.00 ± 0.00 |" in table
     ablation.write_outputs(str(tmp_path), results, (0, 1), "cmd")
     assert os.path.getsize(tmp_path / "robust_curves.png") > 1000
@@ -202,14 +204,14 @@ def test_robust_curves_take_the_end_to_end_entries_and_write_a_table_and_plot(tm
 def test_paired_difference_is_the_mean_of_per_seed_differences_with_a_t_interval():
     first = {"0": 70.0, "1": 80.0, "2": 75.0, "3": 1.0}  # seed 3 has no partner and is ignored
     second = {"0": 72.0, "1": 83.0, "2": 76.0}
-    result = ablation.paired_difference(first, second)
+    result = across_seeds.paired_difference(first, second)
     assert result["n"] == 3 and result["seeds"] == ["0", "1", "2"]
     assert result["mean"] == pytest.approx(2.0)
     # differences 2, 3, 1: std 1, t(0.975, df=2) = 4.3027
     assert result["high"] - result["mean"] == pytest.approx(4.3027 / np.sqrt(3), rel=1e-4)
-    assert np.isnan(ablation.paired_difference({"0": 1.0}, {"0": 2.0})["low"])
+    assert np.isnan(across_seeds.paired_difference({"0": 1.0}, {"0": 2.0})["low"])
     with pytest.raises(ValueError, match="share no seed"):
-        ablation.paired_difference({"0": 1.0}, {"1": 2.0})
+        across_seeds.paired_difference({"0": 1.0}, {"1": 2.0})
 
 
 def test_paired_comparison_reads_row_directories(tmp_path):
@@ -220,7 +222,7 @@ def test_paired_comparison_reads_row_directories(tmp_path):
             os.makedirs(tmp_path / row / f"seed_{seed}")
             (tmp_path / row / f"seed_{seed}" / "eval.json").write_text(json.dumps(report))
     first, second = (ablation.row_reports(str(tmp_path / row)) for row in ("icfdnet", "icfdnet_at"))
-    table = ablation.format_paired_comparison(first, second)
+    table = tables.format_paired_comparison(first, second)
     assert "| average | 80.50 | 85.50 | +5.00 [+5.00, +5.00] | 0, 1 |" in table
     assert "| robust:pgd5_linf_8/255 | 0.50 | 5.50 | +5.00" in table
     with pytest.raises(ValueError, match="no seed_<s>/eval.json"):
@@ -249,7 +251,7 @@ def test_variant_table_pairs_every_row_with_the_reference(tmp_path):
     assert np.isnan(ablation.adversarial_training_gap(os.path.join(reference, "seed_0")))
     # Only epochs with the TRADES term on count: epoch 1's 40-point gap (beta 0) is left out.
     assert ablation.adversarial_training_gap(os.path.join(variant, "seed_1")) == pytest.approx(6.0)
-    lines = ablation.format_variant_table(reference, [variant]).splitlines()
+    lines = tables.format_variant_table(ablation.variant_rows(reference, [variant])).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith(f"| {reference} | 0, 1, 2 | 75.00 ± 5.00 | 25.00 ± 5.00 | – | – | – |")
     # Paired differences 2, 3, 1: mean 2, half-width t(0.975, 2) * 1 / sqrt(3) = 2.48.

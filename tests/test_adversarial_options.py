@@ -8,11 +8,12 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-
-from flax_fld import attack, config_validation, losses, objective
-from flax_fld.config_files import load_config
-from flax_fld.models import fld
 from model_helpers import synthetic_fld_variables
+
+from flax_fld.method import attack, losses, objective
+from flax_fld.models import fld
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import config_validation
 
 SIZE, CLASSES, FEATURES = 16, 4, 2
 

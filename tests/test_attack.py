@@ -1,4 +1,4 @@
-"""Tests for flax_fld.attack: TRADES inner maximisation and PGD-CE on a small random network."""
+"""Tests for flax_fld.method.attack: TRADES inner maximisation and PGD-CE on a small random network."""
 
 import chex
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from flax_fld import attack, losses
+from flax_fld.method import attack, losses
 
 SHAPE = (4, 8, 8, 3)
 NUM_CLASSES = 4

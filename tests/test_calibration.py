@@ -1,10 +1,10 @@
-"""Tests for flax_fld.calibration (Eqs. 1 and 2 and the per-class accuracy they consume)."""
+"""Tests for flax_fld.method.calibration (Eqs. 1 and 2 and the per-class accuracy they consume)."""
 
 import chex
 import numpy as np
 import pytest
 
-from flax_fld import calibration
+from flax_fld.method import calibration
 
 
 class ClassEpsilonTest(chex.TestCase):

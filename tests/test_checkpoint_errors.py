@@ -16,13 +16,13 @@ import types
 
 import pytest
 
-from flax_fld import checkpointing
+from flax_fld.training import checkpointing
 
 SCRIPT = r"""
 import os, sys, time
 import jax.numpy as jnp, optax
-from flax_fld import checkpointing
-from flax_fld.train_state import TrainState
+from flax_fld.training import checkpointing
+from flax_fld.training.train_state import TrainState
 import jax
 
 def state(seed):

@@ -9,10 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from flax_fld import checkpointing, config_validation, input_pipeline
-from flax_fld.config_files import load_config
-from flax_fld.datasets import class_folders, folder_split
-
+from flax_fld.data import input_pipeline
+from flax_fld.data.datasets import class_folders, folder_split
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import checkpointing, config_validation
 
 
 def data_config(root, **overrides):

@@ -1,4 +1,4 @@
-"""flax_fld/cli.py (what the launch scripts share) and flax_fld/progress.py (their progress lines)."""
+"""flax_fld/runs/cli.py (what the launch scripts share) and flax_fld/reporting/progress.py (their progress lines)."""
 
 import logging as std_logging
 import os
@@ -9,7 +9,8 @@ import jax
 import pytest
 from absl import logging
 
-from flax_fld import cli, progress
+from flax_fld.reporting import progress
+from flax_fld.runs import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ def test_quiet_library_logging_sets_warning_and_drops_only_routine_tfds_warnings
     tfds = "/venv/site-packages/tensorflow_datasets/core/dataset_builder.py"
     assert not cli._keep_record(record(tfds, "Using custom data configuration: SyntheticConfig(...)"))
     assert cli._keep_record(record(tfds, "Dataset folder is corrupt"))
-    assert cli._keep_record(record("/repo/flax_fld/train.py", "Using custom data configuration"))
+    assert cli._keep_record(record("/repo/flax_fld/training/train.py", "Using custom data configuration"))
 
 
 def test_the_default_config_is_given_only_when_the_command_line_has_none():

@@ -1,4 +1,4 @@
-"""Tests for flax_fld.color: reference values, agreement with colorsys and PIL, and finite gradients."""
+"""Tests for flax_fld.models.color: reference values, agreement with colorsys and PIL, and finite gradients."""
 
 import colorsys
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flax_fld import color
+from flax_fld.models import color
 
 
 def _pixels(rgb_list):

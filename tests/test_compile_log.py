@@ -1,9 +1,9 @@
-"""flax_fld.compile_log: every program JAX hands to XLA is recorded once, by name, with its phase."""
+"""flax_fld.training.compile_log: every program JAX hands to XLA is recorded once, by name, with its phase."""
 
 import jax
 import jax.numpy as jnp
 
-from flax_fld import compile_log
+from flax_fld.training import compile_log
 
 
 def test_a_program_is_recorded_when_compiled_and_not_when_reused():

@@ -1,10 +1,10 @@
-"""flax_fld/config_files.py: one loader for configs by name, by path relative to the repository, or absolute."""
+"""flax_fld/runtime/config_files.py: one loader for configs by name, by path relative to the repository, or absolute."""
 
 import os
 
 import pytest
 
-from flax_fld import config_files
+from flax_fld.runtime import config_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def test_the_shipped_configs_are_known_and_start_from_default():
 def test_a_file_in_the_working_directory_wins_over_the_repositorys(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "tiny.py").write_text(
-        "from flax_fld.config_files import load_config\n\n"
+        "from flax_fld.runtime.config_files import load_config\n\n"
         "def get_config():\n    config = load_config('tiny')\n    config.seed = 99\n    return config\n")
     monkeypatch.chdir(tmp_path)
     assert config_files.load_config("configs/tiny.py").seed == 99

@@ -1,4 +1,4 @@
-"""Config validation (flax_fld/config_validation.py) and one-line errors for bad --config overrides."""
+"""Config validation (flax_fld/training/config_validation.py) and one-line errors for bad --config overrides."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from flax_fld import config_validation
-from flax_fld.config_files import load_config
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import config_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def test_launch_train_refuses_bad_overrides_in_one_line(tmp_path, override, expe
 
 
 def test_resume_with_other_settings_lists_the_changed_keys(tmp_path):
-    from flax_fld import checkpointing, train
+    from flax_fld.training import checkpointing, train
 
     run = config("tiny")
     workdir = tmp_path / "run"
@@ -106,7 +106,7 @@ def test_resume_with_other_settings_lists_the_changed_keys(tmp_path):
 
 
 def test_a_run_from_before_the_split_keys_resumes_only_with_their_defaults(tmp_path):
-    from flax_fld import checkpointing
+    from flax_fld.training import checkpointing
 
     old = json.loads(config("tiny").to_json_best_effort())
     for key in ("split_fractions", "split_seed", "patient_regex"):

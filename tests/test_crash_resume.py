@@ -17,8 +17,11 @@ import sys
 
 import pytest
 
-from flax_fld import checkpointing, config_files, crash_test, input_pipeline
-from flax_fld.crash_test import KillPoint
+from flax_fld.data import input_pipeline
+from flax_fld.runtime import config_files
+from flax_fld.training import checkpointing
+from harness import crash_test
+from harness.crash_test import KillPoint
 
 pytestmark = pytest.mark.slow  # killed and resumed training runs, minutes: make test-slow
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from scipy import io as scipy_io
 
-from flax_fld import datasets, input_pipeline
-from flax_fld.datasets import simulator
-from flax_fld.config_files import load_config
-
+from flax_fld.data import datasets, input_pipeline
+from flax_fld.data.datasets import simulator
+from flax_fld.runtime.config_files import load_config
 
 
 def data_config(**overrides):

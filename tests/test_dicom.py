@@ -17,9 +17,13 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.uid import JPEGLSLossless
 
-from flax_fld import input_pipeline, predict
-from flax_fld.config_files import load_config
-from flax_fld.datasets import base, class_folders, dicom_files, preview
+from flax_fld.data import input_pipeline
+from flax_fld.data.datasets import base, class_folders, dicom_files
+from flax_fld.evaluation import metrics
+from flax_fld.reporting import tables
+from flax_fld.runs import predict
+from flax_fld.runtime.config_files import load_config
+from flax_fld.tools import preview
 
 MONOCHROME1 = "dicomdirtests/77654033/CR1/6154"  # a 16x16 CR image, 12 bits stored, with a window
 
@@ -273,7 +277,7 @@ def test_a_corrupt_dicom_leaves_prepared_data_intact(tmp_path):
 
 
 def test_a_run_from_before_dicom_resumes_only_with_the_default_grouping(tmp_path):
-    from flax_fld import checkpointing
+    from flax_fld.training import checkpointing
 
     old = load_config("tiny")
     del old.data["dicom_group_by"]
@@ -453,7 +457,7 @@ def test_16_bit_class_folders_prepare_and_keep_their_contrast(tmp_path):
 
 
 def test_a_dicom_class_folder_trains_previews_and_predict_grades_a_dcm(tmp_path, capsys):
-    from flax_fld import train
+    from flax_fld.training import train
 
     root = tmp_path / "scans"
     rng = np.random.default_rng(0)
@@ -489,16 +493,16 @@ def test_a_dicom_class_folder_trains_previews_and_predict_grades_a_dcm(tmp_path,
         str(cine), str(single)]
     _, model, variables, _ = loaded
     probabilities, _ = predict.predict(model, variables, predict.read_images([str(cine)], 32, 1))
-    assert lines[4] == predict.format_file_summary(str(cine), probabilities, class_names)
+    assert lines[4] == tables.format_file_summary(str(cine), probabilities, class_names)
     assert lines[4].split("| mean ")[1].endswith("%") and "of 4 frames" in lines[4]
     assert capsys.readouterr().out.splitlines()[-6:] == lines
 
 
 def test_majority_grade_and_the_file_line():
     probabilities = np.array([[0.6, 0.4], [0.45, 0.55], [0.2, 0.8], [0.9, 0.1]])  # 2 votes each: mean decides
-    assert predict.majority_grade(probabilities) == (0, 2)
-    assert predict.majority_grade(probabilities[1:]) == (1, 2)
-    line = predict.format_file_summary("cine.dcm", probabilities, ("normal", "fatty"))
+    assert metrics.majority_grade(probabilities) == (0, 2)
+    assert metrics.majority_grade(probabilities[1:]) == (1, 2)
+    line = tables.format_file_summary("cine.dcm", probabilities, ("normal", "fatty"))
     assert line == "cine.dcm: normal (majority, 2 of 4 frames) | mean normal 53.8% fatty 46.2%"
     assert predict.plot_paths(["a/cine.dcm", "a/cine.dcm", "b.png"], "out", [1, 2, None]) == [
         "out/cine_frame1.png", "out/cine_frame2.png", "out/b.png"]

@@ -14,9 +14,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flax_fld import evaluate, input_pipeline, reliability, run_outputs
-from flax_fld.config_files import load_config
+from flax_fld.data import input_pipeline
+from flax_fld.evaluation import evaluate, reliability
 from flax_fld.models import fld
+from flax_fld.reporting import run_outputs
+from flax_fld.runtime.config_files import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FIELDS = ("per_class_accuracy", "average", "best_worst", "balanced_accuracy", "confusion_matrix", "robust",

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flax_fld import datasets, input_pipeline
-from flax_fld.config_files import load_config
+from flax_fld.data import datasets, input_pipeline
+from flax_fld.runtime.config_files import load_config
 
 NUM_EXAMPLES = 48  # 28 train / 8 validation / 12 test after the stratified split.
 
@@ -175,7 +175,7 @@ def test_resolve_data_dir_is_next_to_the_workdir(tmp_path):
 
 
 def test_dataset_info_round_trips_through_the_run_files(data_dir, tmp_path):
-    from flax_fld import checkpointing
+    from flax_fld.training import checkpointing
 
     data = input_pipeline.prepare_data_source(data_config(), data_dir)
     checkpointing.write_run_files(str(tmp_path), ml_collections.ConfigDict({"data": data_config()}), data.info)

@@ -1,11 +1,12 @@
-"""The linear floor (flax_fld/linear_probe.py): logistic regression on raw pixels, chosen on validation."""
+"""The linear floor (flax_fld/evaluation/linear_probe.py): logistic regression on raw pixels, chosen on validation."""
 
-import numpy as np
-import optax
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
-from flax_fld import input_pipeline, linear_probe
+from flax_fld.data import input_pipeline
+from flax_fld.evaluation import linear_probe
 
 
 def test_logistic_regression_separates_separable_data_and_l2_shrinks_weights():
@@ -23,7 +24,7 @@ def test_logistic_regression_separates_separable_data_and_l2_shrinks_weights():
 
 
 def test_fit_probe_scores_the_test_split_with_the_validation_argmax_l2_and_beats_chance(tmp_path):
-    from flax_fld.config_files import load_config
+    from flax_fld.runtime.config_files import load_config
 
     config = load_config("tiny")
     data = input_pipeline.prepare_data_source(config.data, str(tmp_path))

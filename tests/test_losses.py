@@ -1,4 +1,4 @@
-"""Tests for flax_fld.losses (Eqs. 3, 4, 5 and the decoupling BCE)."""
+"""Tests for flax_fld.method.losses (Eqs. 3, 4, 5 and the decoupling BCE)."""
 
 import chex
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from flax_fld import losses
+from flax_fld.method import losses
 
 
 def _log_softmax(logits):

@@ -1,4 +1,4 @@
-"""Tests for flax_fld.metric_writers: jsonl round trip, TensorBoard output, finiteness guard, progress/ETA."""
+"""Tests for flax_fld.reporting.metric_writers: jsonl round trip, TensorBoard output, finiteness guard, progress/ETA."""
 
 import glob
 import json
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_fld import metric_writers
+from flax_fld.reporting import metric_writers
 
 
 def test_jsonl_round_trip_keeps_scalars_lists_and_order(tmp_path):

@@ -1,11 +1,12 @@
-"""Tests for flax_fld.metrics: confusion matrix (eager, jit, pmap), class report and table layout."""
+"""Tests for flax_fld.evaluation.metrics: confusion matrix (eager, jit, pmap), class report and table layout."""
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from flax_fld import metrics
+from flax_fld.evaluation import metrics
+from flax_fld.reporting import tables
 
 CLASS_NAMES = ("normal", "mild", "moderate", "severe")
 
@@ -112,7 +113,7 @@ def _paper_reports():
 
 def test_table_has_paper_column_order_and_marks():
     ours, squeeze = _paper_reports()
-    lines = metrics.format_table([("SqueezeNet", squeeze), ("Ours", ours)]).strip().split("\n")
+    lines = tables.format_table([("SqueezeNet", squeeze), ("Ours", ours)]).strip().split("\n")
     assert lines[0] == "| Method | Mild% | Moderate% | Severe% | Normal% | Best-Worst% | Average% |"
     assert len(lines) == 4
     assert lines[2] == "| SqueezeNet | 80.00 | *57.58* | 69.23 | *92.75* | 35.17 | 76.14 |"
@@ -121,7 +122,7 @@ def test_table_has_paper_column_order_and_marks():
 
 def test_table_keeps_the_order_of_other_class_names():
     report = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
-    table = metrics.format_table([("m", report)])
+    table = tables.format_table([("m", report)])
     assert table.startswith("| Method | Benign% | Malignant% | Best-Worst% | Average% |")
     assert "| m | *50.00* | *100.00* | **50.00** | **75.00** |" in table
 
@@ -130,9 +131,9 @@ def test_table_rejects_mixed_classes():
     ours, _ = _paper_reports()
     other = metrics.class_report(_confusion_from_correct([1, 2], [2, 2]), ("benign", "malignant"))
     with pytest.raises(ValueError, match="classes"):
-        metrics.format_table([("Ours", ours), ("other", other)])
+        tables.format_table([("Ours", ours), ("other", other)])
     with pytest.raises(ValueError, match="no rows"):
-        metrics.format_table([])
+        tables.format_table([])
 
 
 @pytest.mark.parametrize("correct, total, low, high", [
@@ -186,10 +187,10 @@ def test_class_report_intervals_in_percent_around_the_point_estimates():
 
 def test_table_with_intervals_keeps_the_marks_and_adds_one_decimal_bounds():
     ours, squeeze = _paper_reports()
-    lines = metrics.format_table([("SqueezeNet", squeeze), ("Ours", ours)], intervals=True).strip().split("\n")
+    lines = tables.format_table([("SqueezeNet", squeeze), ("Ours", ours)], intervals=True).strip().split("\n")
     assert lines[0] == "| Method | Mild% | Moderate% | Severe% | Normal% | Best-Worst% | Average% |"
     assert lines[3] == ("| Ours | *76.67* [66.9, 84.2] | 77.27 [65.8, 85.7] | 84.62 [70.3, 92.8] | "
                         "*95.65* [88.0, 98.5] | **18.98** [0.0, 36.5] | **82.95** [78.0, 87.0] |")
     # A report from before the interval fields (an old eval.json) prints without them.
     old = {key: value for key, value in ours.items() if not key.endswith("_interval")}
-    assert metrics.format_table([("Ours", old)], intervals=True) == metrics.format_table([("Ours", ours)])
+    assert tables.format_table([("Ours", old)], intervals=True) == tables.format_table([("Ours", ours)])

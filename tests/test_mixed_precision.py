@@ -17,13 +17,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from model_helpers import synthetic_fld_variables
 
-from flax_fld import attack, checkpointing, config_validation, evaluate, objective, robust_eval, train
-from flax_fld.config_files import load_config
+from flax_fld.evaluation import evaluate
+from flax_fld.method import attack, objective
 from flax_fld.models import conv, fld, get_classifier
 from flax_fld.models.icfdnet import icfdnet
-from flax_fld.train_state import TrainState
-from model_helpers import synthetic_fld_variables
+from flax_fld.robustness import robust_eval
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import checkpointing, config_validation, optimizer, train
+from flax_fld.training.train_state import TrainState
 
 BATCH, SIZE = 8, 32
 # Tolerances, from measurement (3 seeds of this test's setting: synthetic variables, tiny preset, batch 8,
@@ -186,7 +189,7 @@ def _dtypes(jaxpr) -> set:
 
 
 def _state(config, model, variables) -> TrainState:
-    tx = train.create_optimizer(config.optim, train.create_learning_rate_fn(config.optim, 1, 1))
+    tx = optimizer.create_optimizer(config.optim, optimizer.create_learning_rate_fn(config.optim, 1, 1))
     epsilon, beta = train.uniform_class_values(config.adv, model.num_classes)
     return TrainState.create(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
                              class_epsilon=epsilon, class_beta=beta, class_acc=jnp.full_like(epsilon, 0.7),

@@ -22,7 +22,7 @@ one process when the weights are perturbed by 1e-6), so the comparison is:
   it proves that the logits of both processes reach the report.
 
 Slow (minutes): jax writes the persistent compilation cache from process 0 only, so process 1 compiles
-every program from scratch (see flax_fld/distributed.py).
+every program from scratch (see flax_fld/runtime/distributed.py).
 """
 
 import concurrent.futures
@@ -34,7 +34,12 @@ import jax
 import numpy as np
 import pytest
 
-from flax_fld import checkpointing, config_files, crash_test, distributed, input_pipeline, metric_writers, train
+from flax_fld.data import input_pipeline
+from flax_fld.reporting import metric_writers
+from flax_fld.runtime import config_files
+from harness import local_processes
+from flax_fld.training import checkpointing, train
+from harness import crash_test
 
 pytestmark = pytest.mark.slow  # two training processes against one, minutes: make test-slow
 
@@ -83,7 +88,7 @@ def runs(tmp_path_factory):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(crash_test.launch, train_command(single, data_dir), single, str(root / "single.log"),
                              env=with_devices(4), timeout_s=TIMEOUT_S)
-        processes = distributed.launch_local(train_command(multi, data_dir), 2, log_dir=str(root / "logs"),
+        processes = local_processes.launch_local(train_command(multi, data_dir), 2, log_dir=str(root / "logs"),
                                              timeout_s=TIMEOUT_S, env=with_devices(2))
         single_run = future.result()
     assert single_run.returncode == 0, open(single_run.log, encoding="utf-8").read()[-3000:]
@@ -183,12 +188,12 @@ def test_process_shards_concatenate_to_the_one_process_batches(tmp_path):
 SAVE_AND_RESTORE = """
 import sys
 flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
-from flax_fld import distributed
+from flax_fld.runtime import distributed
 distributed.initialize(flags["coordinator_address"], int(flags["num_processes"]), int(flags["process_id"]))
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, flags["tests"])
 from test_multiprocess import small_state
-from flax_fld import checkpointing
+from flax_fld.training import checkpointing
 checkpointer = checkpointing.Checkpointer(flags["workdir"], keep=2, async_save=True)
 checkpointer.save(small_state(7.0, step=5), {"epoch": 1})
 checkpointer.wait()
@@ -205,7 +210,7 @@ def small_state(value: float, step: int = 0):
     import jax.numpy as jnp
     import optax
 
-    from flax_fld.train_state import TrainState
+    from flax_fld.training.train_state import TrainState
 
     state = TrainState.create(
         params={"w": jnp.full((3,), value)}, batch_stats={}, tx=optax.sgd(0.1), class_epsilon=jnp.full((4,), value),
@@ -218,7 +223,8 @@ def test_checkpointer_saves_and_resumes_under_jax_distributed_and_in_one_process
     """Orbax global arrays from 2 processes: each restores them (a multi-process resume), and so does this one."""
     workdir = str(tmp_path / "run")
     command = [sys.executable, "-c", SAVE_AND_RESTORE, f"--workdir={workdir}", f"--tests={os.path.dirname(__file__)}"]
-    results = distributed.launch_local(command, 2, log_dir=str(tmp_path / "logs"), timeout_s=300, env=with_devices(2))
+    results = local_processes.launch_local(command, 2, log_dir=str(tmp_path / "logs"), timeout_s=300,
+                                           env=with_devices(2))
     logs = [open(r["log"], encoding="utf-8").read() for r in results]
     assert [r["returncode"] for r in results] == [0, 0], [log[-2000:] for log in logs]
     assert "restored 0" in logs[0] and "restored 1" in logs[1]
@@ -240,13 +246,13 @@ FAKE_PROCESS = (
 
 def test_launch_local_kills_the_others_when_one_process_fails(tmp_path):
     # No JAX: process 1 fails at once, process 0 would wait 60 s (as a peer in a collective would).
-    results = distributed.launch_local([sys.executable, "-c", FAKE_PROCESS], 2, log_dir=str(tmp_path),
+    results = local_processes.launch_local([sys.executable, "-c", FAKE_PROCESS], 2, log_dir=str(tmp_path),
                                        timeout_s=30)
     assert [r["returncode"] for r in results] == [-9, 3]
     assert results[0]["seconds"] < 20
 
 
 def test_launch_local_kills_every_process_at_the_time_limit(tmp_path):
-    results = distributed.launch_local([sys.executable, "-c", "import time; time.sleep(60)"], 2,
+    results = local_processes.launch_local([sys.executable, "-c", "import time; time.sleep(60)"], 2,
                                        log_dir=str(tmp_path), timeout_s=1)
     assert [r["returncode"] for r in results] == [None, None] and results[0]["seconds"] < 20

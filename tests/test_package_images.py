@@ -1,12 +1,15 @@
-"""Real-image checks written as class folders (flax_fld/datasets/package_images.py)."""
+"""Real-image checks written as class folders (flax_fld/tools/package_images.py)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from flax_fld.datasets import class_folders, package_images
+from flax_fld.data.datasets import class_folders
+from flax_fld.tools import package_images
 
 
 def test_digits_are_written_stratified_and_read_back_by_class_folders(tmp_path):
@@ -44,3 +47,14 @@ def test_existing_output_is_refused_and_left_untouched(tmp_path):
     assert os.listdir(out) == ["keep.txt"]
     with pytest.raises(ValueError, match="--set='mnist'"):
         package_images.write_class_folders("mnist", str(tmp_path / "new"))
+
+
+def test_the_command_line_writes_a_set_and_refuses_a_taken_folder_in_one_line(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, os.path.join(repo, "launch", "package_images.py"), "--set=digits"]
+    done = subprocess.run(command + [f"--out={tmp_path / 'digits'}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and len(os.listdir(tmp_path / "digits" / "test")) == 4
+    refused = subprocess.run(command + [f"--out={tmp_path / 'digits'}"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ") and "exists and is not empty" in refused.stderr

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from flax_fld import compile_log, epoch_end, train
-from flax_fld.config_files import load_config
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import compile_log, epoch_end, train
 
 
 def smoke_config():

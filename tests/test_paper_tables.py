@@ -8,7 +8,7 @@ Best-Worst against class_report. Rows that no integer counts can produce are doc
 import numpy as np
 import pytest
 
-from flax_fld import metrics
+from flax_fld.evaluation import metrics
 
 # Our label order (configs/default.py); the paper's columns are Mild, Moderate, Severe, Normal.
 CLASS_NAMES = ("normal", "mild", "moderate", "severe")

@@ -1,4 +1,4 @@
-"""Tests for flax_fld.plots: every figure is a valid, non-empty PNG; bad shapes are refused clearly."""
+"""Tests for flax_fld.reporting.plots: every figure is a valid, non-empty PNG; bad shapes are refused clearly."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flax_fld import metric_writers, plots
+from flax_fld.reporting import metric_writers, plots
 
 CLASS_NAMES = ("normal", "mild", "moderate", "severe")
 

@@ -1,4 +1,4 @@
-"""Tests for flax_fld/predict.py and launch/predict.py on a configs/tiny.py run directory (32 px)."""
+"""Tests for flax_fld/runs/predict.py and launch/predict.py on a configs/tiny.py run directory (32 px)."""
 
 import os
 import subprocess
@@ -8,11 +8,14 @@ import jax
 import numpy as np
 import PIL.Image
 import pytest
-
-from flax_fld import input_pipeline, predict, train
-from flax_fld.config_files import load_config
-from flax_fld.models import fld
 from model_helpers import untrained_run
+
+from flax_fld.data import input_pipeline
+from flax_fld.models import fld
+from flax_fld.reporting import tables
+from flax_fld.runs import predict
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import train
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -120,6 +123,6 @@ def test_same_file_names_get_separate_plots(trained_run, loaded, tmp_path):
 
 def test_plot_names_and_formatting_without_a_model():
     assert predict.plot_paths(["a/x.png", "b/x.jpg", "y.bmp"], "out") == ["out/x.png", "out/x_1.png", "out/y.png"]
-    line = predict.format_prediction("s.png", np.array([0.05, 0.18, 0.71, 0.06]),
+    line = tables.format_prediction("s.png", np.array([0.05, 0.18, 0.71, 0.06]),
                                      ("normal", "mild", "moderate", "severe"))
     assert line == "s.png: moderate (71.0%) | normal 5.0% mild 18.0% moderate 71.0% severe 6.0%"

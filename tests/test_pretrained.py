@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-from flax_fld import config_validation, pretrained, train
-from flax_fld.config_files import load_config
-from flax_fld.models import fld, get_classifier
 from torch_helpers import torch_or_skip, torchvision_models
+
+from flax_fld.models import fld, get_classifier, pretrained
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import config_validation, train
 
 torch = torch_or_skip()
 SIZE = 64

@@ -1,4 +1,4 @@
-"""flax_fld/datasets/preview.py and launch/preview_data.py on the tiny synthetic data set."""
+"""flax_fld/tools/preview.py and launch/preview_data.py on the tiny synthetic data set."""
 
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import PIL.Image
 
-from flax_fld import input_pipeline
-from flax_fld.config_files import load_config
-from flax_fld.datasets import preview
+from flax_fld.data import input_pipeline
+from flax_fld.runtime.config_files import load_config
+from flax_fld.tools import preview
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,13 +11,16 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from model_helpers import synthetic_variables
 
-from flax_fld import metrics, objective, reporting, train
-from flax_fld.config_files import load_config
+from flax_fld.evaluation import metrics
+from flax_fld.method import objective
 from flax_fld.models import fld, get_classifier
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
-from flax_fld.train_state import TrainState
-from model_helpers import synthetic_variables
+from flax_fld.reporting import report_fields
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import train
+from flax_fld.training.train_state import TrainState
 
 SIZE, CLASSES = 32, 4
 
@@ -100,9 +103,11 @@ def test_detach_features_stops_the_classifier_loss_at_the_decouplers(detach):
     def classifier_loss(params):
         decoupled, _ = fld.decouple(model, {"params": params, "batch_stats": variables["batch_stats"]}, images,
                                     train=True)
-        return objective.fld_loss(params, decoupled, variables["batch_stats"], images, labels, images,
-                                  jnp.full((CLASSES,), 0.5), (jax.random.key(2), jax.random.key(3)), model=model,
-                                  loss_config=config.loss, end_to_end=True)[0]
+        batch = objective.LossBatch(images, labels, images, jnp.full((CLASSES,), 0.5),
+                                    (jax.random.key(2), jax.random.key(3)))
+        settings = objective.LossSettings(model, (config.loss.l1, config.loss.l2, config.loss.l3),
+                                          config.loss.charbonnier_xi, end_to_end=True)
+        return objective.fld_loss(params, decoupled, variables["batch_stats"], batch, settings)[0]
 
     grads = jax.jit(jax.grad(classifier_loss))(variables["params"])  # one compile, not one per op
     ic_norm = float(optax.tree.norm(grads["ic1"])) + float(optax.tree.norm(grads["ic2"]))
@@ -179,8 +184,8 @@ def _report(per_class_correct, support=10):
 
 def test_selection_key_breaks_worst_class_ties_by_balanced_accuracy():
     early, later = _report([10, 0, 0, 0]), _report([10, 9, 0, 8])
-    assert reporting.selection_value(early, "worst_class") == reporting.selection_value(later, "worst_class") == 0
-    assert reporting.selection_key(later, "worst_class") > reporting.selection_key(early, "worst_class")
+    assert report_fields.selection_value(early, "worst_class") == report_fields.selection_value(later, "worst_class") == 0
+    assert report_fields.selection_key(later, "worst_class") > report_fields.selection_key(early, "worst_class")
 
 
 def test_collapse_is_reported_and_warned():
@@ -190,17 +195,17 @@ def test_collapse_is_reported_and_warned():
     report["split"] = "test"
     assert report["collapsed"] and report["predicted_classes"] == 1
     assert report["classes_at_zero"] == ["a", "b", "d"]
-    assert "collapsed" in reporting.collapse_warning(report)
+    assert "collapsed" in report_fields.collapse_warning(report)
     healthy = _report([9, 8, 7, 6])
-    assert not healthy["collapsed"] and reporting.collapse_warning(healthy) == ""
-    assert "b" in reporting.collapse_warning(_report([9, 0, 7, 6]))
+    assert not healthy["collapsed"] and report_fields.collapse_warning(healthy) == ""
+    assert "b" in report_fields.collapse_warning(_report([9, 0, 7, 6]))
 
 
 def test_unsettled_classes_are_those_falling_from_half_to_zero_late():
     curves = [[0, 100, 50, 10], [90, 0, 60, 10], [0, 80, 55, 0], [95, 85, 0, 30]]
     # Class a falls 90 -> 0 (epochs 2-3), c falls 55 -> 0 (3-4); b's fall (1-2) is before the window; d < 50.
-    assert reporting.unsettled_classes(curves, ["a", "b", "c", "d"]) == ["a", "c"]
-    assert reporting.unsettled_classes(curves, ["a", "b", "c", "d"], last=2) == ["c"]
-    assert reporting.unsettled_classes(curves[:1], ["a", "b", "c", "d"]) == []
+    assert report_fields.unsettled_classes(curves, ["a", "b", "c", "d"]) == ["a", "c"]
+    assert report_fields.unsettled_classes(curves, ["a", "b", "c", "d"], last=2) == ["c"]
+    assert report_fields.unsettled_classes(curves[:1], ["a", "b", "c", "d"]) == []
     # A fall over two epochs (60 -> 30 -> 0) counts too.
-    assert reporting.unsettled_classes([[60.0], [30.0], [0.0]], ["a"]) == ["a"]
+    assert report_fields.unsettled_classes([[60.0], [30.0], [0.0]], ["a"]) == ["a"]

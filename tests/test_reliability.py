@@ -1,10 +1,11 @@
-"""Calibration of the softmax probabilities (flax_fld/reliability.py): ECE overall and per class against
+"""Calibration of the softmax probabilities (flax_fld/evaluation/reliability.py): ECE overall and per class against
 hand-computed values, temperature scaling recovering a known temperature, the summary and the diagram."""
 
 import numpy as np
 import pytest
 
-from flax_fld import plots, reliability
+from flax_fld.evaluation import reliability
+from flax_fld.reporting import plots
 
 
 def _repeat(rows_and_labels):

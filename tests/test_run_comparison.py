@@ -8,7 +8,8 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_fld import checkpointing, crash_test
+from flax_fld.training import checkpointing
+from harness import crash_test
 
 
 @flax.struct.dataclass

@@ -1,4 +1,4 @@
-"""Tests for flax_fld/saliency.py (integrated gradients through the whole model) and predict's --explain."""
+"""Tests for flax_fld/evaluation/saliency.py (integrated gradients through the whole model) and predict's --explain."""
 
 import os
 import subprocess
@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
-
-from flax_fld import predict, saliency
-from flax_fld.config_files import load_config
-from flax_fld.datasets import simulator
-from flax_fld.models import fld
 from model_helpers import synthetic_fld_variables, untrained_run
+
+from flax_fld.data.datasets import simulator
+from flax_fld.evaluation import saliency
+from flax_fld.models import fld
+from flax_fld.runs import predict
+from flax_fld.runtime.config_files import load_config
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 _GRADES = ("normal", "mild", "moderate")  # three images: the CLI test grades three too (same compiled shapes)

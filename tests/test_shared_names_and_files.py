@@ -1,4 +1,4 @@
-"""flax_fld/names.py (the paper's labels and column order) and flax_fld/atomic_files.py."""
+"""flax_fld/reporting/names.py (the paper's labels and column order) and flax_fld/runtime/atomic_files.py."""
 
 import json
 import os
@@ -6,7 +6,9 @@ import os
 import ml_collections
 import pytest
 
-from flax_fld import ablation, atomic_files, names, reporting
+from flax_fld.reporting import names, report_fields
+from flax_fld.runs import ablation
+from flax_fld.runtime import atomic_files
 
 
 @pytest.mark.parametrize("classifier, decouplers, adversarial, label", [
@@ -19,7 +21,7 @@ def test_evaluation_and_ablation_label_rows_alike(classifier, decouplers, advers
     assert names.method_name(classifier, decouplers, adversarial) == label
     config = ml_collections.ConfigDict({"model": {"classifier": classifier, "use_decouplers": decouplers},
                                         "adv": {"enabled": adversarial}})
-    assert reporting.method_name(config) == label
+    assert report_fields.method_name(config) == label
     row = {(False, False): "baseline", (True, False): "icfdnet", (True, True): "icfdnet_at"}.get(
         (decouplers, adversarial))
     if row:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flax_fld.datasets import simulator
+from flax_fld.data.datasets import simulator
 
 
 def test_same_seed_same_scan_and_different_ids_differ():

@@ -1,4 +1,4 @@
-"""Tests for flax_fld/strong_attack.py and flax_fld/robust_eval.py.
+"""Tests for flax_fld/robustness/strong_attack.py and flax_fld/robustness/robust_eval.py.
 
 A linear model is the reference: its exact L-inf robust accuracy has a closed form (for each wrong class, the
 worst image of the ball moves every pixel by epsilon against the sign of w_y - w_j, clipped to [0, 1]), so the
@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import synthetic_variables, untrained_run
 
-from flax_fld import attack, config_files, metrics, robust_eval, strong_attack
+from flax_fld.evaluation import metrics
+from flax_fld.method import attack
 from flax_fld.models import fld
-from model_helpers import untrained_run
-from model_helpers import synthetic_variables
+from flax_fld.robustness import robust_eval, strong_attack
+from flax_fld.runtime import config_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (48, 8, 8, 1)

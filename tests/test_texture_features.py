@@ -1,11 +1,11 @@
-"""The texture floor's features (flax_fld/texture_features.py): GLCM against scikit-image, and a texture
+"""The texture floor's features (flax_fld/evaluation/texture_features.py): GLCM against scikit-image, and a texture
 difference that pixels at random positions cannot show but the features separate."""
 
 import numpy as np
 import pytest
 from skimage.feature import graycomatrix, graycoprops
 
-from flax_fld import linear_probe, texture_features
+from flax_fld.evaluation import linear_probe, texture_features
 
 
 @pytest.mark.parametrize("dy, dx", [(0, 1), (2, 0), (0, 4)])

@@ -40,8 +40,10 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import optax  # noqa: E402
 
-from flax_fld import color, objective, train  # noqa: E402
-from flax_fld.config_files import load_config  # noqa: E402
+from flax_fld.method import objective  # noqa: E402
+from flax_fld.models import color  # noqa: E402
+from flax_fld.training import optimizer  # noqa: E402
+from flax_fld.runtime.config_files import load_config  # noqa: E402
 from flax_fld.models import fld, get_classifier, icfdnet, registry, squeezenet  # noqa: E402
 from flax_fld.models.vit import VIT_PRESETS  # noqa: E402  (flax_fld.models.vit is shadowed by the function)
 
@@ -193,7 +195,13 @@ def assert_trees_close(actual: dict, expected: dict, rtol: float, atol: float, w
     assert worst[0] <= atol, f"{what}: {'/'.join(worst[1])} differs by {worst[0]:.3g} beyond rtol={rtol}"
 
 
-@pytest.mark.parametrize("case_name", list(CASES))
+# The three ResNet-family cases take one to two minutes each (compile): `make test-slow` runs them, with
+# CI; SqueezeNet with and without the decouplers and ViT end to end stay in `make test`.
+SLOW_CASES = ("resnet18", "cbam_resnet18", "se_resnet18")
+
+
+@pytest.mark.parametrize("case_name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
+                                       for name in CASES])
 def test_train_step_matches_flax(case_name):
     case = CASES[case_name]
     rng = np.random.default_rng(sorted(CASES).index(case_name))
@@ -356,23 +364,23 @@ def test_weights_pair_up_for_every_config(label, config):
                            collection)
     decayed = {name for name, p in twin.named_parameters() if torch_train.flax_ndim(name, p) > 1}
     flax_decayed = {flax_to_torch.torch_name(path) for path, on in
-                    flax_to_torch.flatten(train._decay_mask(variables["params"])).items() if on}
+                    flax_to_torch.flatten(optimizer.decay_mask(variables["params"])).items() if on}
     assert decayed == flax_decayed
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_optimizer_matches_optax(optimizer):
+@pytest.mark.parametrize("optimizer_name", ["adamw", "sgd"])
+def test_optimizer_matches_optax(optimizer_name):
     """Clip-by-global-norm + AdamW/SGD with the decay mask and the warm-up + cosine schedule, three steps."""
     config = load_config("tiny")
     config.model.use_decouplers, config.model.classifier = False, "vit"
-    config.optim = ml_collections.ConfigDict(dict(config.optim.to_dict(), name=optimizer, warmup_epochs=1 / 3))
+    config.optim = ml_collections.ConfigDict(dict(config.optim.to_dict(), name=optimizer_name, warmup_epochs=1 / 3))
     config.train.num_epochs = 2
     steps_per_epoch = 3  # warm-up of one step (learning rate 0), then cosine over five
     model = fld.create_fld_model(config.model, CLASSES, CHANNELS)
     variables = jax.tree.map(np.asarray, fld_variables(model, np.random.default_rng(4)))
     trainer = torch_train.build_twin(config, steps_per_epoch=steps_per_epoch, num_classes=CLASSES)
     flax_to_torch.load_flax_variables(trainer.model, variables)
-    tx = train.create_optimizer(config.optim, train.create_learning_rate_fn(config.optim, 2, steps_per_epoch))
+    tx = optimizer.create_optimizer(config.optim, optimizer.create_learning_rate_fn(config.optim, 2, steps_per_epoch))
     params, rng = variables["params"], np.random.default_rng(5)
     opt_state = tx.init(params)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p))
@@ -394,7 +402,7 @@ def test_learning_rate_schedule_matches_optax():
         optim = ml_collections.ConfigDict(dict(load_config("default").optim.to_dict(), schedule=schedule,
                                                warmup_epochs=warmup_epochs))
         ours = torch_train.learning_rate_fn(optim, 3, 4)
-        theirs = train.create_learning_rate_fn(optim, 3, 4)
+        theirs = optimizer.create_learning_rate_fn(optim, 3, 4)
         for step in range(14):
             assert math.isclose(ours(step), float(theirs(step)), rel_tol=1e-5, abs_tol=1e-9), (schedule, step)
 

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from flax_fld import robust_eval
-from flax_fld.config_files import load_config
+from flax_fld.robustness import robust_eval
+from flax_fld.runtime.config_files import load_config
 from flax_fld.models import fld
 from torch_helpers import torch_or_skip, torchvision_models
 
@@ -62,6 +62,7 @@ def _per_class(correct: np.ndarray, labels: np.ndarray) -> np.ndarray:
                      for c in range(NUM_CLASSES)])
 
 
+@pytest.mark.slow  # minutes: 100-step APGD runs on both sides
 def test_torchattacks_apgd_finds_no_more_than_our_worst_case():
     images = np.random.default_rng(0).uniform(0.2, 0.8, (COUNT, SIZE, SIZE, 1)).astype(np.float32)
     model, variables, twin = _models(images)

@@ -19,10 +19,12 @@ import numpy as np
 import optax
 import pytest
 
-from flax_fld import checkpointing, epoch_end, input_pipeline, models, train, weight_averaging
-from flax_fld.config_files import load_config
+from flax_fld import models
+from flax_fld.data import input_pipeline
 from flax_fld.models import fld
-from flax_fld.train_state import TrainState
+from flax_fld.runtime.config_files import load_config
+from flax_fld.training import checkpointing, epoch_end, train, weight_averaging
+from flax_fld.training.train_state import TrainState
 
 
 def adv_config(**overrides) -> ml_collections.ConfigDict:

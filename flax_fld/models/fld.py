@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flax_fld import color
-from flax_fld.models import get_classifier, paired_icfdnet
+from flax_fld.models import color, get_classifier, paired_icfdnet
 from flax_fld.models.icfdnet import ICFDNet, icfdnet_preset
 
 DECOUPLERS = ("ic1", "ic2")

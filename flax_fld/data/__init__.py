@@ -1,0 +1,1 @@
+"""The input pipeline and the data sets it reads (TFDS builders in datasets/)."""

@@ -1,0 +1,1 @@
+"""Robust evaluation beyond PGD: the strong attack (APGD-style, targeted runs) and its sanity checks."""

@@ -1,0 +1,1 @@
+"""Stand-alone helpers: model summaries, data previews, packaging real-image check sets."""

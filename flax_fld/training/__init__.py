@@ -1,0 +1,1 @@
+"""Training: the train state and step, the epoch loop, checkpoints, weight averaging and config validation."""

@@ -1,0 +1,1 @@
+"""Test tooling that never ships in the wheel: SIGKILL crash-and-resume trials and local multi-process launches."""
