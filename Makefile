@@ -33,9 +33,10 @@ test: $(VENV)/.installed-test
 
 # The checks that need minutes each (multi-process, crash-and-resume, resume, command lines, torchvision at
 # 224 px, the ResNet-family PyTorch twins, torchattacks' APGD against ours): kept out of `make test`; CI runs
-# both targets.
+# both targets. They run their programs many times, so XLA compiles them at optimisation level 1, not the
+# level 0 of `make test` (tests/conftest.py).
 test-slow: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m slow tests
+	FLAX_FLD_TEST_XLA_LEVEL=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m slow tests
 
 # configs/paper.py at its own scale on a small embedded set, to trust the paper-scale path before renting an
 # accelerator: 224 px RGB, the 'paper' ICFDNet, K = 10, FAWA, robust validation (PGD-20 through IC1/IC2), the

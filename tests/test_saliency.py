@@ -37,18 +37,19 @@ def test_completeness_gap_shrinks_with_the_steps_on_a_tiny_fld_model(tiny_model)
     # Completeness: the attributions of an image sum to f_k(x) - f_k(baseline). The midpoint rule's gap comes
     # from the integrand's kinks (ReLU, max pooling), so it falls like 1/steps rather than 1/steps^2 and is
     # noisy per image; its mean over these three scans and classes, measured on this model: 0.94 logits at 8
-    # steps, 0.16 at 32, 0.083 at 64, 0.020 at 128. The bounds leave a factor 2 of slack. (On the trained 64 px
-    # demo model, whose logits move by 2 to 8 between baseline and image, 64 steps left 1 to 4 %; this
-    # untrained one's logits move by 0.1 to 0.8, hence an absolute bound in logits.)
+    # steps, 0.16 at 32, 0.083 at 64, 0.020 at 128. The bounds leave a factor 2 of slack; 32 steps, not more,
+    # because the suite's XLA optimisation level 0 runs this loop slowly. (On the trained 64 px demo model,
+    # whose logits move by 2 to 8 between baseline and image, 64 steps left 1 to 4 %; this untrained one's
+    # logits move by 0.1 to 0.8, hence an absolute bound in logits.)
     model, variables = tiny_model
     images = _scans()
     targets = np.array([0, 1, 3])  # completeness holds for any class; no forward pass to find the predicted ones
     coarse = saliency.explain(model, variables, images, targets, steps=8)
-    fine = saliency.explain(model, variables, images, targets, steps=64)
+    fine = saliency.explain(model, variables, images, targets, steps=32)
     np.testing.assert_allclose(coarse.logit_changes, fine.logit_changes)  # the same two ends
     gap_8 = np.mean(np.abs(coarse.attribution_sums - coarse.logit_changes))
-    gap_64 = np.mean(np.abs(fine.attribution_sums - fine.logit_changes))
-    assert gap_64 < 0.5 * gap_8 and gap_64 < 0.17, (gap_8, gap_64)
+    gap_32 = np.mean(np.abs(fine.attribution_sums - fine.logit_changes))
+    assert gap_32 < 0.5 * gap_8 and gap_32 < 0.32, (gap_8, gap_32)
     assert fine.maps.shape == (3, 32, 32) and fine.maps.min() >= 0.0
     np.testing.assert_allclose(fine.maps.max(axis=(1, 2)), 1.0)
     # The flat baseline keeps the black outside the sector, so nothing there is attributed.

@@ -246,8 +246,11 @@ def test_launch_eval_robust_strong_writes_new_keys_and_keeps_old_ones(tiny_workd
     earlier = {"checkpoint": "best checkpoint (epoch 7)", "epoch": 7, "robust": {"pgd9_linf_3/255": curve_entry}}
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(earlier, handle)
+    # The strong attack runs its programs many times: XLA's optimisation level 1 (the suite's default is 0,
+    # tests/conftest.py) halves this subprocess's time.
+    env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace("optimization_level=0", "optimization_level=1"))
     result = subprocess.run([sys.executable, "launch/eval.py", f"--workdir={workdir}", "--robust=strong",
-                             "--strong_epsilon=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                             "--strong_epsilon=2"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(path, encoding="utf-8") as handle:
         report = json.load(handle)
