@@ -278,6 +278,8 @@ def test_launch_eval_robust_strong_writes_new_keys_and_keeps_old_ones(tiny_workd
     assert len(strong["warnings"]) == len(failed) + collapsed_note
     assert all(line in result.stdout for line in strong["warnings"])
     assert "worst case" in result.stdout and ("[pass]" in result.stdout or "[FAIL]" in result.stdout)
+    batches = -(-int(test_counts.sum()) // (2 * 8))  # two host devices, configs/tiny.py's eval_batch_size
+    assert f"strong attacks: batch {batches}/{batches} | " in result.stdout, result.stdout[-2000:]
 
 
 

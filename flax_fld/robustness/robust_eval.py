@@ -13,6 +13,7 @@ eval.json). ``sanity_checks`` takes the per-class numbers of either.
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -220,13 +221,15 @@ def _parallel_fld_step(model: fld.FLDModel, settings: StrongSettings, end_to_end
 
 
 def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections.ConfigDict,
-                    data: input_pipeline.DataSource, *, split: str = "test") -> dict:
+                    data: input_pipeline.DataSource, *, split: str = "test",
+                    on_batch: Callable[[int, int], Any] | None = None) -> dict:
     """The ``strong_robust`` field of eval.json for ``split``, under ``adv.eval_through_decouplers``' threat model.
 
     Radius and PGD step: ``adv.eval_epsilon`` / ``adv.eval_step_size``; budget: ``adv.strong_*``. The
     large-radius check runs on the first batches holding ``adv.strong_sanity_examples`` examples at
     ``adv.strong_sanity_epsilon`` (PGD step a quarter of it) and passes when the strong attack leaves at most
-    ``adv.strong_sanity_max_accuracy`` percent of them correct.
+    ``adv.strong_sanity_max_accuracy`` percent of them correct. ``on_batch(done, total)`` is called after each
+    evaluation batch (a caller's progress line: through the decouplers this evaluation can take an hour).
 
     Returns:
         ``{'threat_model', 'epsilon', 'pgd_step_size', 'settings', 'attacks': {attack: class_report},
@@ -245,6 +248,8 @@ def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections
         local_device_count=jax.local_device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    global_batch = int(config.train.eval_batch_size) * jax.local_device_count() * jax.process_count()
+    num_batches = -(-len(data.split(split)) // global_batch)
     key, large_key = jax.random.split(jax.random.key(int(config.seed)))
     total, large, large_count = None, None, 0
     for index, batch in enumerate(batches):
@@ -255,6 +260,9 @@ def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections
                               large_epsilon / 4)
             large = confusions if large is None else large + confusions
             large_count += int(np.sum(batch["mask"]))
+        if on_batch is not None:
+            jax.block_until_ready(total)  # the batch is computed, not only dispatched
+            on_batch(index + 1, num_batches)
     if total is None:
         raise ValueError("robust_eval: the split has no batches")
     total, large = np.asarray(total), np.asarray(large)
