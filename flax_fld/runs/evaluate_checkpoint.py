@@ -60,7 +60,7 @@ def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test
         def strong_progress(done: int, total: int) -> None:
             spent = clock() - strong_started
             log(f"{split} split, strong attacks: batch {done}/{total} | "
-                f"{progress_note(spent, [spent / done] * done, total - done, unit='batch')}")
+                f"{progress_note(spent, [spent / done], total - done, unit='batch')}")
 
         report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data, split=split,
                                                               on_batch=strong_progress)
