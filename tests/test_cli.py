@@ -98,6 +98,8 @@ def test_eta_is_the_mean_duration_times_what_is_left():
     assert progress.eta_seconds([60.0], 0) == 0.0
     assert progress.progress_note(90.0, [60.0, 120.0], 1, unit="epoch") == \
         "1m30s elapsed, ETA 1m30s (1m30s per epoch, 1 epoch left)"
+    assert progress.progress_note(5.0, [2.5], 2, unit="batch").endswith("(2.5s per batch, 2 batches left)")
+    assert progress.progress_note(5.0, [2.5], 0, unit="batch") == "5.0s elapsed, no batches left"
 
 
 def test_an_unknown_layer_forms_value_stops_a_launch_script_with_one_line(monkeypatch):

@@ -38,10 +38,15 @@ def eta_seconds(durations: Sequence[float], remaining: int) -> float | None:
 def progress_note(elapsed: float, durations: Sequence[float], remaining: int, unit: str = "run") -> str:
     """``12m03s elapsed, ETA 1h10m (6m01s per run, 12 runs left)``; the ETA is ``unknown`` before the first."""
     if remaining <= 0:
-        return f"{format_duration(elapsed)} elapsed, no {unit}s left"
+        return f"{format_duration(elapsed)} elapsed, no {_plural(unit)} left"
     eta = eta_seconds(durations, remaining)
     if eta is None:
         return f"{format_duration(elapsed)} elapsed, ETA unknown until the first {unit} finishes"
     mean = format_duration(float(np.mean(durations)))
     return (f"{format_duration(elapsed)} elapsed, ETA {format_duration(eta)} "
-            f"({mean} per {unit}, {remaining} {unit}{'s' if remaining != 1 else ''} left)")
+            f"({mean} per {unit}, {remaining} {unit if remaining == 1 else _plural(unit)} left)")
+
+
+def _plural(unit: str) -> str:
+    """``runs``, ``epochs``, ``batches``."""
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
