@@ -3,7 +3,7 @@ through the decouplers at a small radius (2/255), evaluated at that radius.
 
   python launch/train.py --config=configs/robust.py --workdir=workdir/robust
 
-On the embedded benchmark (SqueezeNet, README "The adversarial half: what was tried") it is as accurate as
+On the embedded benchmark (SqueezeNet, docs/evidence.md "The adversarial half: what was tried") it is as accurate as
 configs/default.py's features-fixed recipe within the seed noise and robust at 2/255 against an attacker who
 controls the image, where the default is not; each step costs more than the default's (the attack's
 gradient runs back through IC1/IC2), though its attack takes one step instead of three.
