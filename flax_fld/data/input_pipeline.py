@@ -265,6 +265,13 @@ class TrainIterator:
         self._epoch, self._step = epoch, step
 
 
+def num_eval_batches(data: DataSource, *, split: str, per_device_batch_size: int, local_device_count: int,
+                     process_count: int = 1) -> int:
+    """How many batches ``eval_batches`` yields for ``split`` (the same in every process)."""
+    global_batch = per_device_batch_size * local_device_count * process_count
+    return -(-len(data.split(split)) // global_batch)
+
+
 def eval_batches(
     data: DataSource,
     *,
@@ -286,7 +293,8 @@ def eval_batches(
     local_batch = local_device_count * per_device_batch_size
     global_batch = local_batch * process_count
     shape = (local_device_count, per_device_batch_size)
-    for batch_index in range(-(-num_examples // global_batch)):
+    for batch_index in range(num_eval_batches(data, split=split, per_device_batch_size=per_device_batch_size,
+                                              local_device_count=local_device_count, process_count=process_count)):
         indices = batch_index * global_batch + process_index * local_batch + np.arange(local_batch)
         mask = indices < num_examples
         images = np.zeros((local_batch,) + image_shape, np.float32)

@@ -248,8 +248,9 @@ def evaluate_strong(model: fld.FLDModel, variables: dict, config: ml_collections
         local_device_count=jax.local_device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    global_batch = int(config.train.eval_batch_size) * jax.local_device_count() * jax.process_count()
-    num_batches = -(-len(data.split(split)) // global_batch)
+    num_batches = input_pipeline.num_eval_batches(
+        data, split=split, per_device_batch_size=int(config.train.eval_batch_size),
+        local_device_count=jax.local_device_count(), process_count=jax.process_count())
     key, large_key = jax.random.split(jax.random.key(int(config.seed)))
     total, large, large_count = None, None, 0
     for index, batch in enumerate(batches):
