@@ -5,6 +5,8 @@
   python benchmarks/compile_probe.py                                      # configs/paper.py as it is (GPU)
   python benchmarks/compile_probe.py --memory_only --memory_batches=8,16,32,64        # peak memory per batch
   python benchmarks/compile_probe.py --launch_repeats=3 --per_device_batch_size=2 --num_steps=2
+  python benchmarks/compile_probe.py --launch_repeats=3 --launch_cached --per_device_batch_size=2 --num_steps=2
+  python benchmarks/compile_probe.py --parts --image_size=64 --per_device_batch_size=2 --num_steps=2
 
 Runs what ``train.train_and_evaluate`` runs, in its order, on the config's embedded synthetic data (by
 default ``--num_examples=20`` images: 12 train, 3 validation, 5 test): the state's initialisation, the
@@ -20,8 +22,12 @@ the plain forms a GPU uses). Compile time does not depend on the attack's K nor 
 
 ``--memory_batches``: XLA's memory analysis of the compiled FLD + TRADES step at each per-device batch
 (plain layer forms, as on a GPU; compiled on this backend, so an estimate for another), and a linear fit.
+``--parts``: the step and its four parts (``benchmarks/step_parts.py``), each compiled alone under
+``jax.profiler``: StableHLO operations, the kernels XLA compiled (its ``FusionCompiler::Compile`` events on a
+CPU), compile s, and the step compile's largest events (HLO passes, kernel emission, LLVM code generation).
 ``--launch_repeats``: runs ``launch/train.py`` that many times (compilation cache off) and reports the
-seconds from the process start to its first training step's log line, with the compile count it printed.
+seconds from the process start to its first training step's log line, with the compile count it printed;
+with ``--launch_cached``, on a persistent compilation cache that a first launch fills (as a resumed run).
 The persistent compilation cache is off in this script: it measures compiles.
 """
 
@@ -59,6 +65,11 @@ _MEMORY_BATCHES = flags.DEFINE_list("memory_batches", [], "Per-device batches wh
 _MEMORY_ONLY = flags.DEFINE_bool("memory_only", False, "Only the --memory_batches table.")
 _LAUNCH_REPEATS = flags.DEFINE_integer("launch_repeats", 0, "Time launch/train.py to its first step this many "
                                        "times instead of probing.")
+_PARTS = flags.DEFINE_bool("parts", False, "Only the step's parts (decouplers, attack, loss, update) and the "
+                           "whole step, each compiled alone under the profiler: ops, kernels, compile s, and "
+                           "XLA's largest compile events for the step.")
+_LAUNCH_CACHED = flags.DEFINE_bool("launch_cached", False, "With --launch_repeats: one launch fills a fresh "
+                                   "persistent compilation cache, then the repeats launch with it (a resumed run).")
 _LAUNCH_TIMEOUT = flags.DEFINE_integer("launch_timeout", 1200, "Seconds before a timed launch is given up.")
 
 
@@ -276,39 +287,88 @@ def largest_batches(rows: list[tuple], budgets_gb=(16, 40, 80)) -> list[tuple[in
     return [(budget, int((budget * 1e9 - intercept) // slope)) for budget in budgets_gb]
 
 
-def time_launches(config_path: str, repeats: int, overrides: list[str]) -> None:
-    """Seconds from ``launch/train.py``'s start to its first step's line, ``repeats`` times, cache off."""
-    seconds, counts = [], []
-    for repeat in range(repeats):
-        with tempfile.TemporaryDirectory() as workdir:
-            command = [sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={config_path}",
-                       f"--workdir={os.path.join(workdir, 'run')}", "--config.train.log_every_steps=1", *overrides]
-            environment = dict(os.environ, FLAX_FLD_COMPILATION_CACHE="0", PYTHONUNBUFFERED="1")
-            start = time.perf_counter()
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env=environment, cwd=REPO)
-            count, elapsed, output = "", None, []
-            try:
-                for line in process.stdout:
-                    output.append(line)
-                    if "XLA programs compiled" in line:
-                        count = line.strip()
-                    if line.startswith("step 1/"):
-                        elapsed = time.perf_counter() - start
-                        break
-                    if time.perf_counter() - start > _LAUNCH_TIMEOUT.value:
-                        break
-            finally:
-                process.kill()
-                process.wait()
-            if elapsed is None:
-                raise SystemExit("launch/train.py did not reach its first step:\n" + "".join(output[-20:]))
-            seconds.append(elapsed)
-            counts.append(count)
-            print(f"  launch {repeat + 1}/{repeats}: first step after {elapsed:.1f} s (load average "
-                  f"{os.getloadavg()[0]:.2f}); {count or 'no compile count printed'}", file=sys.stderr, flush=True)
-    print(f"launch/train.py {' '.join(overrides)}: first step after {statistics.median(seconds):.1f} s (median "
-          f"of {repeats}: {', '.join(f'{s:.1f}' for s in seconds)})")
+def _launch_to_first_step(command: list[str], environment: dict) -> tuple[float, str]:
+    """(seconds from the start of ``command`` to its first step's log line, the compile count it printed)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=environment, cwd=REPO)
+    count, elapsed, output = "", None, []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if "XLA programs compiled" in line:
+                count = line.strip()
+            if line.startswith("step 1/"):
+                elapsed = time.perf_counter() - start
+                break
+            if time.perf_counter() - start > _LAUNCH_TIMEOUT.value:
+                break
+    finally:
+        process.kill()
+        process.wait()
+    if elapsed is None:
+        raise SystemExit("launch/train.py did not reach its first step:\n" + "".join(output[-20:]))
+    return elapsed, count
+
+
+def time_launches(config_path: str, repeats: int, overrides: list[str], cached: bool = False) -> None:
+    """Seconds from ``launch/train.py``'s start to its first step's line, ``repeats`` times: compilation cache
+    off, or (``cached``) on a fresh cache that one untimed-for-the-median launch fills first."""
+    seconds = []
+    with tempfile.TemporaryDirectory() as cache:
+        environment = dict(os.environ, FLAX_FLD_COMPILATION_CACHE=cache if cached else "0", PYTHONUNBUFFERED="1")
+        environment.pop("JAX_COMPILATION_CACHE_DIR", None)
+        for repeat in range(-1 if cached else 0, repeats):
+            with tempfile.TemporaryDirectory() as workdir:
+                command = [sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={config_path}",
+                           f"--workdir={os.path.join(workdir, 'run')}", "--config.train.log_every_steps=1",
+                           *overrides]
+                elapsed, count = _launch_to_first_step(command, environment)
+            what = "filling the cache" if repeat < 0 else f"{repeat + 1}/{repeats}"
+            print(f"  launch {what}: first step after {elapsed:.1f} s (load average {os.getloadavg()[0]:.2f}); "
+                  f"{count or 'no compile count printed'}", file=sys.stderr, flush=True)
+            if repeat >= 0:
+                seconds.append(elapsed)
+    print(f"launch/train.py {' '.join(overrides)}, compilation cache {'warm' if cached else 'off'}: first step "
+          f"after {statistics.median(seconds):.1f} s (median of {repeats}: {', '.join(f'{s:.1f}' for s in seconds)})")
+
+
+def parts_table(config) -> None:
+    """Prints the ``--parts`` tables (see the module docstring)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    import ml_collections  # pylint: disable=import-outside-toplevel
+
+    from benchmarks import step_parts, timing  # pylint: disable=import-outside-toplevel
+    from flax_fld.models import fld  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import train  # pylint: disable=import-outside-toplevel
+
+    channels = int(config.data.get("channels", 1))
+    image_shape = (int(config.data.image_size), int(config.data.image_size), channels)
+    model = fld.create_fld_model(config.model, 4, channels)  # the four grades
+    batch = int(config.train.per_device_batch_size)
+    programs = {name: jax.jit(function).lower(*arguments)
+                for name, (function, arguments) in step_parts.step_parts(config, model, image_shape, batch).items()}
+    devices = jax.local_device_count()
+    programs["whole step (pmapped)"] = fresh_train_step(model, ml_collections.FrozenConfigDict(config)).lower(
+        train.abstract_train_state(config, model, image_shape, 10),
+        {"image": jax.ShapeDtypeStruct((devices, batch, *image_shape), jnp.float32),
+         "label": jax.ShapeDtypeStruct((devices, batch), jnp.int32)})
+    print(f"load average {timing.load_average()}\n")
+    print("| program | StableHLO ops | kernels compiled | compile s |")
+    print("|---|---:|---:|---:|")
+    events = []
+    for name, lowered in programs.items():
+        operations = stablehlo_size(lowered.as_text())[0]
+        wall, events = step_parts.compile_trace_summary(lowered)
+        kernels = sum(count for event, _, count in events if event == "FusionCompiler::Compile") or "-"
+        print(f"| {name} | {operations} | {kernels} | {wall:.1f} |", flush=True)
+    print(f"\nthe whole step's compile, XLA's largest events (summed over its threads), load average "
+          f"{timing.load_average()}:\n")
+    print("| event | s | count |")
+    print("|---|---:|---:|")
+    for event, seconds, count in events:
+        print(f"| {event} | {seconds:.1f} | {count} |")
 
 
 def main(argv) -> None:
@@ -332,9 +392,13 @@ def main(argv) -> None:
             overrides.append(f"--config.data.num_examples={config.data.num_examples}")
         overrides += [arg for arg in sys.argv[1:] if arg.startswith("--config.")]  # the command line's own
         print(header)
-        time_launches(config_flags.get_config_filename(flags.FLAGS["config"]), _LAUNCH_REPEATS.value, overrides)
+        time_launches(config_flags.get_config_filename(flags.FLAGS["config"]), _LAUNCH_REPEATS.value, overrides,
+                      cached=_LAUNCH_CACHED.value)
         return
     print(header)
+    if _PARTS.value:
+        parts_table(config)
+        return
     if not _MEMORY_ONLY.value:
         with compile_log.CompileLog() as log:
             start = time.perf_counter()

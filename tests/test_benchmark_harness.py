@@ -91,3 +91,55 @@ def test_profile_attributes_ops_to_loop_part_direction_and_kind():
     assert profile_step.group_of(*sources["dot.6"], classifier="SqueezeNet") == (
         "outside the loop", "classifier", "forward", "matmul")
     assert profile_step.short_label(sources["ynn_fusion.7"][0]) == "SqueezeNet/stem/conv/conv_general_dilated"
+
+
+def test_compile_trace_summary_totals_xla_events_and_leaves_out_python_frames():
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+    from benchmarks import step_parts  # pylint: disable=import-outside-toplevel
+
+    lowered = jax.jit(lambda x: jnp.tanh(x) * 2.0 + jnp.sum(x)).lower(jax.ShapeDtypeStruct((64,), jnp.float32))
+    wall, events = step_parts.compile_trace_summary(lowered, top=50)
+    names = [name for name, _, _ in events]
+    assert wall > 0 and "PjRtCpuClient::Compile" in names
+    assert not any(name.startswith("$") for name in names)  # "$file:line" events are Python's, not XLA's
+    seconds = [total for _, total, _ in events]
+    assert seconds == sorted(seconds, reverse=True) and all(count >= 1 for _, _, count in events)
+    compile_s = dict((name, total) for name, total, _ in events)["PjRtCpuClient::Compile"]
+    assert compile_s <= wall + 0.05  # the backend's compile lies inside the timed call
+
+
+@pytest.mark.slow  # five lowerings of whole-step size: about 20 s
+def test_the_four_step_parts_make_up_the_train_step():
+    """The parts' StableHLO operations add up to the whole step's, to within what the step adds around them
+    (key splitting, device means, counters) and what XLA's lowering shares between them."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    import ml_collections  # pylint: disable=import-outside-toplevel
+
+    from benchmarks import step_parts  # pylint: disable=import-outside-toplevel
+    from benchmarks.compile_probe import fresh_train_step, stablehlo_size  # pylint: disable=import-outside-toplevel
+    from flax_fld.models import fld  # pylint: disable=import-outside-toplevel
+    from flax_fld.runtime.config_files import load_config  # pylint: disable=import-outside-toplevel
+    from flax_fld.training import train  # pylint: disable=import-outside-toplevel
+
+    config = load_config("tiny")
+    config.data.image_size = 32
+    image_shape, batch = (32, 32, int(config.data.channels)), 2
+    model = fld.create_fld_model(config.model, 4, image_shape[-1])
+    parts = step_parts.step_parts(config, model, image_shape, batch)
+    assert tuple(parts) == step_parts.PART_NAMES
+    operations = {name: stablehlo_size(jax.jit(function).lower(*arguments).as_text())[0]
+                  for name, (function, arguments) in parts.items()}
+    devices = jax.local_device_count()
+    step = fresh_train_step(model, ml_collections.FrozenConfigDict(config)).lower(
+        train.abstract_train_state(config, model, image_shape, 10),
+        {"image": jax.ShapeDtypeStruct((devices, batch, *image_shape), jnp.float32),
+         "label": jax.ShapeDtypeStruct((devices, batch), jnp.int32)})
+    whole = stablehlo_size(step.as_text())[0]
+    assert all(count > 0 for count in operations.values())
+    assert 0.8 * whole <= sum(operations.values()) <= 1.1 * whole, (operations, whole)
+    with pytest.raises(ValueError, match="use_decouplers"):
+        config.model.use_decouplers = False
+        step_parts.step_parts(config, fld.create_fld_model(config.model, 4, image_shape[-1]), image_shape, batch)
