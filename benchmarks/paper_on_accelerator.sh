@@ -11,18 +11,21 @@
 #    every XLA program a training run compiles up to its first validation and test evaluation, with lowering
 #    and compile seconds, StableHLO size and distinct convolution shapes, and a second epoch that must compile
 #    nothing (OUT_DIR/compile_probe.md);
-# 3. MEMORY_S (240): the same script's XLA memory analysis of the FLD + TRADES step at per-device batch 8, 16,
+# 3. PARTS_S (300): the same script's --parts: the FLD + TRADES step and its four parts (decouplers, attack,
+#    loss, update) compiled alone under jax.profiler, with the compile's largest XLA events (on a GPU:
+#    autotuning, ptxas, LLVM), so that the step's minutes of compilation are attributed (parts.md);
+# 4. MEMORY_S (240): the same script's XLA memory analysis of the FLD + TRADES step at per-device batch 8, 16,
 #    32 and 64 (32 first; each point is in memory.log as it comes), on the accelerator's own compiler (memory.md);
-# 4. TRAIN_S (600): launch/train.py --config=configs/paper.py for EPOCHS (1) epoch(s) on the embedded synthetic
+# 5. TRAIN_S (600): launch/train.py --config=configs/paper.py for EPOCHS (1) epoch(s) on the embedded synthetic
 #    data (224 px, RGB, 1056 images), compilation cache off: the log (with its compile count before the first
 #    step), metrics.jsonl and eval.json are kept;
-# 5. BASE_S (300): launch/benchmark.py on configs/paper.py, the classifier alone (Table 2's baseline): JAX
+# 6. BASE_S (300): launch/benchmark.py on configs/paper.py, the classifier alone (Table 2's baseline): JAX
 #    against the PyTorch twin on the same GPU (eager), SqueezeNet and ResNet-18, train and TRADES steps;
-# 6. FLD_S (600): the same for the FLD + TRADES step (IC1 + IC2 'paper' + classifier, K = 10);
-# 7. FORMS_S (600): the FLD + TRADES rows with the CPU rewrites of the layers forced (FLAX_FLD_LAYER_FORMS=cpu),
+# 7. FLD_S (600): the same for the FLD + TRADES step (IC1 + IC2 'paper' + classifier, K = 10);
+# 8. FORMS_S (600): the FLD + TRADES rows with the CPU rewrites of the layers forced (FLAX_FLD_LAYER_FORMS=cpu),
 #    JAX only: what the backend switch in flax_fld/models/layer_forms.py buys on the accelerator.
-# The defaults add up to about 47 minutes; on a 15-minute lease keep the first parts, e.g.
-#   PROBE_S=300 MEMORY_S=150 TRAIN_S=300 BASE_S=1 FLD_S=1 FORMS_S=1 bash benchmarks/paper_on_accelerator.sh OUT
+# The defaults add up to about 52 minutes; on a 15-minute lease keep the first parts, e.g.
+#   PROBE_S=240 PARTS_S=180 MEMORY_S=120 TRAIN_S=240 BASE_S=1 FLD_S=1 FORMS_S=1 bash benchmarks/paper_on_accelerator.sh OUT
 # Expects jax with its CUDA plugin, torch with CUDA, and the package's dependencies importable.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/paper_on_accelerator.sh OUT_DIR}
@@ -59,6 +62,7 @@ cat "$out/environment.txt"
 
 part "${PROBE_S:-480}" compile_probe "$python" benchmarks/compile_probe.py --config=configs/paper.py \
   --data_dir="$workdir/../probe_data"
+part "${PARTS_S:-300}" parts "$python" benchmarks/compile_probe.py --config=configs/paper.py --parts
 part "${MEMORY_S:-240}" memory "$python" benchmarks/compile_probe.py --config=configs/paper.py --memory_only \
   --memory_batches=32,64,8,16
 
