@@ -68,6 +68,8 @@ _LAUNCH_REPEATS = flags.DEFINE_integer("launch_repeats", 0, "Time launch/train.p
 _PARTS = flags.DEFINE_bool("parts", False, "Only the step's parts (decouplers, attack, loss, update) and the "
                            "whole step, each compiled alone under the profiler: ops, kernels, compile s, and "
                            "XLA's largest compile events for the step.")
+_PARTS_PROGRAMS = flags.DEFINE_list("parts_programs", [], "With --parts: only these programs (decouplers, attack, "
+                                    "loss, update, step); empty: all five.")
 _LAUNCH_CACHED = flags.DEFINE_bool("launch_cached", False, "With --launch_repeats: one launch fills a fresh "
                                    "persistent compilation cache, then the repeats launch with it (a resumed run).")
 _LAUNCH_TIMEOUT = flags.DEFINE_integer("launch_timeout", 1200, "Seconds before a timed launch is given up.")
@@ -343,31 +345,40 @@ def parts_table(config) -> None:
     from flax_fld.models import fld  # pylint: disable=import-outside-toplevel
     from flax_fld.training import train  # pylint: disable=import-outside-toplevel
 
-    channels = int(config.data.get("channels", 1))
+    channels = int(config.data.channels)
     image_shape = (int(config.data.image_size), int(config.data.image_size), channels)
-    model = fld.create_fld_model(config.model, 4, channels)  # the four grades
+    model = fld.create_fld_model(config.model, len(config.data.class_names), channels)
     batch = int(config.train.per_device_batch_size)
+    wanted = set(_PARTS_PROGRAMS.value or (*step_parts.PART_NAMES, "step"))
+    unknown = wanted - {*step_parts.PART_NAMES, "step"}
+    if unknown:
+        raise app.UsageError(f"--parts_programs: unknown {sorted(unknown)}; expected {step_parts.PART_NAMES} or step")
     programs = {name: jax.jit(function).lower(*arguments)
-                for name, (function, arguments) in step_parts.step_parts(config, model, image_shape, batch).items()}
+                for name, (function, arguments) in step_parts.step_parts(config, model, image_shape, batch).items()
+                if name in wanted}
     devices = jax.local_device_count()
-    programs["whole step (pmapped)"] = fresh_train_step(model, ml_collections.FrozenConfigDict(config)).lower(
-        train.abstract_train_state(config, model, image_shape, 10),
-        {"image": jax.ShapeDtypeStruct((devices, batch, *image_shape), jnp.float32),
-         "label": jax.ShapeDtypeStruct((devices, batch), jnp.int32)})
+    if "step" in wanted:
+        programs["whole step (pmapped)"] = fresh_train_step(model, ml_collections.FrozenConfigDict(config)).lower(
+            train.abstract_train_state(config, model, image_shape, 10),
+            {"image": jax.ShapeDtypeStruct((devices, batch, *image_shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct((devices, batch), jnp.int32)})
     print(f"load average {timing.load_average()}\n")
     print("| program | StableHLO ops | kernels compiled | compile s |")
     print("|---|---:|---:|---:|")
-    events = []
+    events_by_program = {}
     for name, lowered in programs.items():
         operations = stablehlo_size(lowered.as_text())[0]
-        wall, events = step_parts.compile_trace_summary(lowered)
-        kernels = sum(count for event, _, count in events if event == "FusionCompiler::Compile") or "-"
+        wall, events_by_program[name] = step_parts.compile_trace_summary(lowered, top=None)
+        kernels = sum(count for event, _, count in events_by_program[name]
+                      if event == "FusionCompiler::Compile") or "-"
         print(f"| {name} | {operations} | {kernels} | {wall:.1f} |", flush=True)
+    if "whole step (pmapped)" not in events_by_program:
+        return
     print(f"\nthe whole step's compile, XLA's largest events (summed over its threads), load average "
           f"{timing.load_average()}:\n")
     print("| event | s | count |")
     print("|---|---:|---:|")
-    for event, seconds, count in events:
+    for event, seconds, count in events_by_program["whole step (pmapped)"][:12]:
         print(f"| {event} | {seconds:.1f} | {count} |")
 
 

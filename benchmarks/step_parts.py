@@ -1,8 +1,9 @@
 """Where the train step's compile time goes: its four parts jitted alone, and XLA's own account of a compile.
 
 The FLD + TRADES step (``train.train_step``) is one XLA program; its compile time grows with the number of
-kernels XLA emits for it, not with the image size or K. ``step_parts`` splits the step into the four pieces
-it is made of, each a program of its own with abstract (shape-only) inputs:
+kernels XLA emits for it (K does not change it: the attack is a ``fori_loop``). ``step_parts`` splits the
+step into the four pieces it is made of, each a program of its own with abstract (shape-only) inputs on one
+device, in the step's compute dtype:
 
 - ``decouplers``: IC1/IC2's train-mode forward and backward (the ``jax.vjp`` of ``objective.loss_and_gradients``);
 - ``attack``: the inner maximisation (``objective.adversarial_examples``, a K-step ``fori_loop``), on given features;
@@ -12,7 +13,8 @@ it is made of, each a program of its own with abstract (shape-only) inputs:
 ``compile_trace_summary`` compiles a lowered program under ``jax.profiler.trace`` and totals the trace's events
 by name: on a CPU ``FusionCompiler::Compile`` counts the kernels XLA emitted and ``JitCompiler::Compile`` is
 LLVM's code generation; on a GPU other names (ptxas, autotuning) appear, which is what the summary is for.
-Durations are summed over XLA's compile threads, so they can exceed the wall time.
+Durations are summed over XLA's compile threads, so they can exceed the wall time. Run it with the persistent
+compilation cache off (``compile_probe.py`` does): JAX decides once per process whether to use the cache.
 """
 
 import collections
@@ -44,13 +46,17 @@ def step_parts(config: ml_collections.ConfigDict, model: fld.FLDModel, image_sha
         config: the run's config (``adv``, ``loss``, ``optim``, ``train``). model: the FLD model (decouplers on).
         image_shape: ``(H, W, C)``. batch: examples per device.
     """
-    if not model.use_decouplers:
-        raise ValueError("step_parts: model.use_decouplers is False; the parts are those of the FLD step")
-    state = train.abstract_train_state(config, model, tuple(image_shape), steps_per_epoch=10)
+    if not model.use_decouplers or not config.adv.enabled:
+        raise ValueError(f"step_parts: model.use_decouplers={model.use_decouplers}, adv.enabled={config.adv.enabled}; "
+                         "the parts are those of the FLD + TRADES step (both True)")
+    # One device's shapes, without the replicated state's mesh sharding: the parts are what pmap compiles per device.
+    state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.weak_type),
+                         train.abstract_train_state(config, model, tuple(image_shape), steps_per_epoch=10))
+    model = fld.with_compute_dtype(model, str(config.train.get("compute_dtype", "float32")))  # as train_step does
     images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
     per_class = jax.ShapeDtypeStruct((model.num_classes,), jnp.float32)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # raw key data: wrapped inside, as the step does
+    key = state.rng  # raw key data, wrapped inside as the step does
 
     params, stats = state.params, state.batch_stats
 
@@ -96,23 +102,24 @@ def step_parts(config: ml_collections.ConfigDict, model: fld.FLDModel, image_sha
 
 
 def compile_trace_summary(lowered, top: int = 12) -> tuple[float, list[tuple[str, float, int]]]:
-    """Compiles ``lowered`` under the profiler, the persistent compilation cache off (a cache hit would measure
-    a file read); returns (wall s, [(event, summed s, count)] largest first)."""
-    cache_was_on = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        with tempfile.TemporaryDirectory() as trace_dir:
-            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-                start = time.perf_counter()
-                lowered.compile()
-                wall = time.perf_counter() - start
-            return wall, trace_totals(trace_dir, top)
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache_was_on)
+    """Compiles ``lowered`` under the profiler; returns (wall s, [(event, summed s, count)] largest first).
+
+    Raises RuntimeError when the trace holds no backend compile (the persistent cache served the program).
+    """
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            lowered.compile()
+            wall = time.perf_counter() - start
+        events = trace_totals(trace_dir, top=None)
+    if not any(name == "backend_compile_and_load" for name, _, _ in events):
+        raise RuntimeError("compile_trace_summary: nothing was compiled (a persistent compilation cache hit?); "
+                           "run with the cache off, e.g. FLAX_FLD_COMPILATION_CACHE=0")
+    return wall, events[:top]
 
 
-def trace_totals(trace_dir: str, top: int) -> list[tuple[str, float, int]]:
-    """The ``top`` complete events of the Perfetto trace under ``trace_dir``, by summed duration."""
+def trace_totals(trace_dir: str, top: int | None) -> list[tuple[str, float, int]]:
+    """The ``top`` (None: all) complete events of the Perfetto trace under ``trace_dir``, by summed duration."""
     paths = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
     if not paths:
         raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")

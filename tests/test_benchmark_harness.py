@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -99,7 +100,9 @@ def test_compile_trace_summary_totals_xla_events_and_leaves_out_python_frames():
 
     from benchmarks import step_parts  # pylint: disable=import-outside-toplevel
 
-    lowered = jax.jit(lambda x: jnp.tanh(x) * 2.0 + jnp.sum(x)).lower(jax.ShapeDtypeStruct((64,), jnp.float32))
+    # A constant of its own makes the program new to the suite's persistent compilation cache.
+    unique = float(time.time_ns() % 1_000_003)
+    lowered = jax.jit(lambda x: jnp.tanh(x) * unique + jnp.sum(x)).lower(jax.ShapeDtypeStruct((64,), jnp.float32))
     wall, events = step_parts.compile_trace_summary(lowered, top=50)
     names = [name for name, _, _ in events]
     assert wall > 0 and "PjRtCpuClient::Compile" in names
@@ -108,6 +111,8 @@ def test_compile_trace_summary_totals_xla_events_and_leaves_out_python_frames():
     assert seconds == sorted(seconds, reverse=True) and all(count >= 1 for _, _, count in events)
     compile_s = dict((name, total) for name, total, _ in events)["PjRtCpuClient::Compile"]
     assert compile_s <= wall + 0.05  # the backend's compile lies inside the timed call
+    with pytest.raises(RuntimeError, match="nothing was compiled"):  # the same program again: JAX's cache serves it
+        step_parts.compile_trace_summary(lowered)
 
 
 @pytest.mark.slow  # five lowerings of whole-step size: about 20 s
