@@ -102,6 +102,23 @@ def test_eta_is_the_mean_duration_times_what_is_left():
     assert progress.progress_note(5.0, [2.5], 0, unit="batch") == "5.0s elapsed, no batches left"
 
 
+def test_an_evaluation_pass_reports_progress_only_when_it_is_slow():
+    now, lines = [0.0], []
+    report = progress.BatchProgress(lines.append, "test split", every_seconds=30.0, clock=lambda: now[0])
+    report("clean", 0, 4)
+    for done in range(1, 5):  # a demo's pass: a second per batch
+        now[0] += 1.0
+        report("clean", done, 4)
+    assert lines == []
+    report("pgd20_linf_8/255", 0, 4)
+    for done in range(1, 5):  # PGD-20 through the decouplers at 224 px: 20 s per batch
+        now[0] += 20.0
+        report("pgd20_linf_8/255", done, 4)
+    assert lines == [  # 40 s: the first line; 80 s: the pass ends, and it has spoken, so it says so
+        "test split, pgd20_linf_8/255: batch 2/4 | 40s elapsed, ETA 40s (20s per batch, 2 batches left)",
+        "test split, pgd20_linf_8/255: batch 4/4 | 1m20s elapsed, no batches left"]
+
+
 def test_an_unknown_layer_forms_value_stops_a_launch_script_with_one_line(monkeypatch):
     monkeypatch.setenv("FLAX_FLD_LAYER_FORMS", "gpu")
     with pytest.raises(SystemExit) as stopped:

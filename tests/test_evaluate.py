@@ -43,7 +43,12 @@ def test_every_example_counted_once_clean_and_robust(tiny):
     info = data.info
     global_batch = config.train.eval_batch_size * jax.local_device_count()
     assert info.num_examples["test"] % global_batch != 0, "the tiny test split should need a padded batch"
-    report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True)
+    calls = []
+    report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True,
+                                     on_batch=lambda *call: calls.append(call))
+    batches = -(-info.num_examples["test"] // global_batch)
+    attack = evaluate.attack_name(config.adv)
+    assert calls == [(attack, done, batches) for done in range(batches + 1)]  # one pass: clean and PGD together
     for field in REPORT_FIELDS:
         assert field in report, field
     expected_rows = np.asarray(info.class_counts["test"])

@@ -10,7 +10,7 @@ have the fields of ``WORKDIR/eval.json`` (``metrics.class_report`` plus ``robust
 """
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -87,8 +87,12 @@ def confusion_matrices(
     adv_config: ml_collections.ConfigDict,
     robust: bool,
     seed: int = 0,
+    on_batch: Callable[[int], Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sums the clean (and robust) confusion matrices over ``batches`` of shape ``[D, B, ...]``."""
+    """Sums the clean (and robust) confusion matrices over ``batches`` of shape ``[D, B, ...]``.
+
+    ``on_batch(done)`` is called after each batch has been computed (a caller's progress line).
+    """
     settings = (
         float(adv_config.eval_epsilon),
         int(adv_config.eval_steps),
@@ -103,6 +107,9 @@ def confusion_matrices(
         # Summed on device; fetched once at the end.
         clean_total = clean if clean_total is None else clean_total + clean
         robust_total = adversarial if robust_total is None else robust_total + adversarial
+        if on_batch is not None:
+            jax.block_until_ready((clean_total, robust_total))  # computed, not only dispatched
+            on_batch(index + 1)
     if clean_total is None:
         raise ValueError("evaluate: the split has no batches")
     return np.asarray(clean_total), (np.asarray(robust_total) if robust else None)
@@ -128,6 +135,7 @@ def evaluate_split(
     split: str,
     robust: bool,
     both_threat_models: bool = False,
+    on_batch: Callable[[str, int, int], Any] | None = None,
 ) -> dict[str, Any]:
     """Clean (and robust) per-class report of ``split``: the fields of ``WORKDIR/eval.json``.
 
@@ -140,14 +148,26 @@ def evaluate_split(
         robust: add ``robust[attack_name]`` from PGD-CE with ``adv.eval_epsilon/eval_steps/eval_step_size``.
         both_threat_models: with decouplers, also attack under the other threat model than
             ``adv.eval_through_decouplers`` (end to end and fixed features; the configured one comes first).
+        on_batch: called ``(pass, done, total)`` before each pass over the split (``done`` 0) and after each
+            of its batches; ``pass`` is ``clean`` or the attack's name (``reporting.progress.BatchProgress``).
 
     Returns:
         ``metrics.class_report`` fields plus ``class_names``, ``split`` and ``robust`` ({} if not robust).
     """
     batches = functools.partial(_split_batches, config, data, split)
+    total = input_pipeline.num_eval_batches(
+        data, split=split, per_device_batch_size=int(config.train.eval_batch_size),
+        local_device_count=jax.local_device_count(), process_count=jax.process_count())
+
+    def progress(name):
+        if on_batch is None:
+            return None
+        on_batch(name, 0, total)
+        return lambda done: on_batch(name, done, total)
+
     clean, adversarial = confusion_matrices(
-        model, variables, batches(), adv_config=config.adv, robust=robust, seed=int(config.seed)
-    )
+        model, variables, batches(), adv_config=config.adv, robust=robust, seed=int(config.seed),
+        on_batch=progress(attack_name(config.adv) if robust else "clean"))
     class_names = list(data.info.class_names)
     report = metrics.class_report(clean, class_names)
     report["robust"] = {}
@@ -157,8 +177,8 @@ def evaluate_split(
             other = ml_collections.ConfigDict(config.adv.to_dict())
             other.eval_through_decouplers = not bool(config.adv.get("eval_through_decouplers", True))
             _, adversarial = confusion_matrices(
-                model, variables, batches(), adv_config=other, robust=True, seed=int(config.seed)
-            )
+                model, variables, batches(), adv_config=other, robust=True, seed=int(config.seed),
+                on_batch=progress(attack_name(other)))
             report["robust"][attack_name(other)] = metrics.class_report(adversarial, class_names)
     report["class_names"] = class_names
     report["split"] = split

@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 
 from flax_fld.reporting import tables
-from flax_fld.reporting.progress import format_duration, progress_note
+from flax_fld.reporting.progress import BatchProgress, format_duration, progress_note
 from flax_fld.runtime.atomic_files import write_json_atomically
 
 
@@ -45,7 +45,7 @@ def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test
     data = input_pipeline.prepare_data_source(config.data, input_pipeline.resolve_data_dir(config.data, workdir))
     log(f"loaded the {which} checkpoint of {workdir} | {elapsed()}")
     report = evaluate.evaluate_split(model, variables, config, data, split=split, robust=True,
-                                     both_threat_models=True)
+                                     both_threat_models=True, on_batch=BatchProgress(log, f"{split} split", clock=clock))
     log(f"{split} split, clean: average {report['average']:.2f}% over {report['num_examples']} examples "
         f"| {elapsed()}")
     for attack, robust in report["robust"].items():  # evaluated in the same pass as the clean accuracy

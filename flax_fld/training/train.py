@@ -32,7 +32,7 @@ from flax_fld.data import input_pipeline
 from flax_fld.evaluation import evaluate
 from flax_fld.method import calibration, objective
 from flax_fld.models import fld, pretrained
-from flax_fld.reporting import metric_writers, report_fields, run_outputs
+from flax_fld.reporting import metric_writers, progress, report_fields, run_outputs
 from flax_fld.runtime import distributed
 from flax_fld.training import checkpointing, compile_log, config_validation, epoch_end, optimizer, weight_averaging
 from flax_fld.training.train_state import TrainState, current_learning_rate
@@ -364,7 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def validate(variables):
         return evaluate.evaluate_split(model, variables, config, data, split="validation",
-                                       robust=bool(config.train.validate_robust))
+                                       robust=bool(config.train.validate_robust),
+                                       on_batch=progress.BatchProgress(outputs.say, "validation"))
 
     closing = epoch_end.EpochEnd(config=config, end_epoch=p_end_epoch, validate=validate, replicate=replicate,
                                  checkpointer=checkpointer, outputs=outputs)
@@ -382,7 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         final_state = best[0] if best else state
         variables = final_state.inference_variables()
         report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True,
-                                         both_threat_models=True)
+                                         both_threat_models=True,
+                                         on_batch=progress.BatchProgress(outputs.say, "test split"))
         report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
