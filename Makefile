@@ -46,8 +46,8 @@ test-slow: $(VENV)/.installed-test
 # the decouplers at 224 px costs minutes of CPU per image, and every validation and test image pays it;
 # with 108 images (65 train, 16 validation, 27 test, batch 8) the first validation had not ended after 50
 # minutes. Batch 4, not the config's 32: at 32 the CPU's step took more than the 16 GB this machine had free.
-# Compilation cache off, so it measures a first run. On 2026-12-05 it took 58m37s on the 2-core CPU (51 min of
-# CPU time, beside other runs: load average 3 to 9), peak resident memory 6.2 GB.
+# Compilation cache off, so it measures a first run. On the 2-core CPU it takes 51 to 55 min of CPU time and
+# 6.3 GB of memory (a fresh clone, setup included, 1h11m wall beside other runs on 2026-12-06: BENCHMARKS.md).
 paper-smoke: setup
 	rm -rf $(PAPER_SMOKE_WORKDIR)
 	FLAX_FLD_COMPILATION_CACHE=0 $(PY) launch/train.py --config=configs/paper.py --workdir=$(PAPER_SMOKE_WORKDIR) \
