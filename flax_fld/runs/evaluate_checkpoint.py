@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 
 from flax_fld.reporting import tables
-from flax_fld.reporting.progress import BatchProgress, format_duration, progress_note
+from flax_fld.reporting.progress import BatchProgress, format_duration
 from flax_fld.runtime.atomic_files import write_json_atomically
 
 
@@ -55,15 +55,11 @@ def evaluate_checkpoint(workdir: str, *, which: str = "best", split: str = "test
     if strong:
         if strong_epsilon is not None:
             config.adv.eval_epsilon, config.adv.eval_step_size = float(strong_epsilon), float(strong_epsilon) / 4
-        strong_started = clock()
-
-        def strong_progress(done: int, total: int) -> None:
-            spent = clock() - strong_started
-            log(f"{split} split, strong attacks: batch {done}/{total} | "
-                f"{progress_note(spent, [spent / done], total - done, unit='batch')}")
-
-        report["strong_robust"] = robust_eval.evaluate_strong(model, variables, config, data, split=split,
-                                                              on_batch=strong_progress)
+        strong_progress = BatchProgress(log, f"{split} split", every_seconds=0, clock=clock)  # a line per batch
+        strong_progress("strong attacks", 0, 0)  # the pass starts now
+        report["strong_robust"] = robust_eval.evaluate_strong(
+            model, variables, config, data, split=split,
+            on_batch=lambda done, total: strong_progress("strong attacks", done, total))
         averages = ", ".join(f"{name} {attack_report['average']:.2f}%"
                              for name, attack_report in report["strong_robust"]["attacks"].items())
         log(f"{split} split, strong attacks: {averages} | {elapsed()}")
