@@ -2,6 +2,7 @@
 
   python launch/eval.py --workdir=DIR [--which=best|latest] [--split=test] [--robust=pgd|strong [--strong_epsilon=2]]
   python launch/eval.py --workdir=DIR --epsilons=1,2,4,8   # robust accuracy against the radius
+  python launch/eval.py --workdir=DIR --shift               # accuracy under scanner shift, per class
 
 Evaluates clean and PGD-CE robust per-class accuracy (with 95 % intervals) and the calibration of the clean
 probabilities (ECE before and after temperature scaling) over every example of the split, writes DIR/eval.json
@@ -9,7 +10,9 @@ probabilities (ECE before and after temperature scaling) over every example of t
 ``strong_robust``: per-class accuracy under random-sign noise, PGD-20, an APGD-style attack and their
 per-example worst case, with sanity checks (flax_fld/robustness/robust_eval.py; budget in ``adv.strong_*``).
 ``--epsilons`` instead adds PGD-CE at each listed radius (in 1/255) to the ``robust`` entries of the existing
-eval.json, under the configured threat model, leaving its other fields as they are.
+eval.json, under the configured threat model, leaving its other fields as they are. ``--shift`` adds eval.json's
+``shift`` the same way: the test split under ten ultrasound corruptions at five severities and, for simulator
+version 2, imaged by the other site's scanners (flax_fld/robustness/shift_eval.py).
 """
 
 import functools
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from flax_fld.reporting import tables
 from flax_fld.runs import cli, evaluate_checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch/train.py.")
@@ -29,6 +33,7 @@ _ROBUST = flags.DEFINE_enum("robust", "pgd", ["pgd", "strong"],
 _STRONG_EPSILON = flags.DEFINE_float("strong_epsilon", None, "With --robust=strong: the radius in 1/255 units "
                                      "(default: the run's adv.eval_epsilon), PGD step a quarter of it.")
 _EPSILONS = flags.DEFINE_list("epsilons", [], "Radii in 1/255 units, e.g. 1,2,4,8: add PGD-CE at each to eval.json.")
+_SHIFT = flags.DEFINE_bool("shift", False, "Add the test split under scanner shift to eval.json ('shift').")
 flags.mark_flag_as_required("workdir")
 
 
@@ -47,6 +52,15 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _STRONG_EPSILON.value is not None and _ROBUST.value != "strong":
         raise app.UsageError(f"--strong_epsilon={_STRONG_EPSILON.value:g} needs --robust=strong")
+    if _SHIFT.value:
+        try:
+            report = evaluate_checkpoint.add_shift(_WORKDIR.value, which=_WHICH.value,
+                                                   log=functools.partial(print, flush=True))
+            evaluate_checkpoint.write_report_json(_WORKDIR.value, report)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        print(tables.format_shift(report["shift"], report.get("method", "model")))
+        return
     if _EPSILONS.value:
         radii = _radii(_EPSILONS.value)
         try:

@@ -236,6 +236,27 @@ def split_logits(
     return np.concatenate(logits), np.concatenate(labels).astype(np.int32)
 
 
+def array_logits(model: fld.FLDModel, variables: dict, images: np.ndarray, per_device_batch_size: int) -> np.ndarray:
+    """Clean logits ``float32 [N, K]`` of in-memory ``images [N, H, W, C]`` in [0, 1], in their order.
+
+    For evaluations that transform a split on the host first (corruptions); padded to whole device batches.
+    """
+    step = _parallel_logits_step(model)
+    devices = jax.local_device_count()
+    per_step = devices * int(per_device_batch_size)
+    outputs = []
+    for start in range(0, len(images), per_step):
+        chunk = np.asarray(images[start:start + per_step], np.float32)
+        valid = len(chunk)
+        chunk = np.concatenate([chunk, np.zeros((per_step - valid,) + chunk.shape[1:], np.float32)])
+        batch = {"image": chunk.reshape((devices, -1) + chunk.shape[1:]),
+                 "label": np.zeros((devices, per_step // devices), np.int32),
+                 "mask": (np.arange(per_step) < valid).reshape(devices, -1)}
+        logits, _, _ = step(variables, batch)
+        outputs.append(np.asarray(logits).reshape(per_step, -1)[:valid])
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.num_classes), np.float32)
+
+
 def temperature_scaling_enabled(config: ml_collections.ConfigDict) -> bool:
     """``config.eval.temperature_scaling``; True for runs whose config.json predates the key."""
     section = config.get("eval")

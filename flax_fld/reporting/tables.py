@@ -233,3 +233,51 @@ def format_variant_table(rows: Sequence[Mapping[str, Any]]) -> str:
                      f"{_mean_std_text(across_seeds.run_figures(reports, 'best_worst').values())} | {deltas[0]} | "
                      f"{deltas[1]} | {_mean_std_text(row['gaps'])} | {robust or '–'} |")
     return "\n".join(lines) + "\n"
+
+
+def format_shift(shift: Mapping[str, Any], method: str) -> str:
+    """One run under scanner shift (eval.json 'shift'): per-class accuracy and Average on the clean test
+    split, on the other site's scanners and averaged over the corruptions, each with its drop from clean; then
+    each corruption's Average at severities 1-5."""
+    class_names = names.paper_column_order(list(shift["clean"]["per_class_accuracy"]))
+    header = ["Method"] + [f"{name.capitalize()}%" for name in class_names] + ["Average%", "Best-Worst%", "Drop"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    rows = [("clean", shift["clean"])]
+    if "site" in shift:
+        rows.append((f"site {shift['site']['site']} scanners", shift["site"]))
+    rows.append(("corruptions, mean of 50", shift["corruption_mean"]))
+    for label, entry in rows:
+        cells = [f"{method} ({label})"] + [f"{entry['per_class_accuracy'][name]:.2f}" for name in class_names]
+        drop = f"{entry['drop']:+.2f}" if "drop" in entry else "–"
+        lines.append("| " + " | ".join(cells + [f"{entry['average']:.2f}", f"{entry['best_worst']:.2f}", drop]) + " |")
+    lines += ["", "| Corruption | " + " | ".join(f"severity {s}" for s in range(1, 6)) + " |",
+              "| --- |" + " ---: |" * 5]
+    for name, by_severity in shift["corruptions"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{by_severity[str(s)]['average']:.2f}" for s in range(1, 6)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_ablation_shift_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The ablation's rows under scanner shift, mean ± std over seeds: per-class accuracy and Average on the
+    other site's scanners, the mean over corruptions, and each one's drop from the clean test split.
+    ``results`` items as for ``format_ablation_table``; a run carries ``shift`` (eval.json's ``site`` and
+    ``corruption_mean``) when it was evaluated under shift; rows without (the floors) are left out."""
+    rows = [r for r in results if any("shift" in run for run in r.get("runs", {}).values())]
+    if not rows:
+        return ""
+    class_names = names.paper_column_order(rows[0]["class_names"])
+    header = (["Method", "Shift"] + [f"{name.capitalize()}%" for name in class_names]
+              + ["Average%", "Best-Worst%", "Drop from clean"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(header) - 2)) + "|"]
+    for result in rows:
+        runs = [run["shift"] for run in result["runs"].values() if "shift" in run]
+        for kind in ("site", "corruption_mean"):
+            entries = [run[kind] for run in runs if kind in run]
+            if not entries:
+                continue
+            label = f"site {entries[0].get('site', '?')}" if kind == "site" else "corruptions (mean)"
+            cells = [result["method"], label]
+            cells += [_mean_std_text([e["per_class_accuracy"][name] for e in entries]) for name in class_names]
+            cells += [_mean_std_text([e[key] for e in entries]) for key in ("average", "best_worst", "drop")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

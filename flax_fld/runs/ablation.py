@@ -199,6 +199,10 @@ def write_outputs(workdir: str, results: Sequence[Mapping[str, Any]], seeds: Seq
         markdown += ("\n## Robust Average against the radius (PGD-CE, end to end)\n\n"
                      + tables.format_robust_curve_table(curves) + "\n![robust curves](robust_curves.png)\n")
         plots.plot_robust_curves(curves, os.path.join(workdir, "robust_curves.png"))
+    shift = tables.format_ablation_shift_table(results)
+    if shift:
+        markdown += ("\n## Under scanner shift (test split: the other site's scanners; ten corruptions at five "
+                     "severities, mean)\n\n" + shift)
     payload = {"command": command, "seeds": list(seeds), "results": list(results)}
     return (write_text_atomically(os.path.join(workdir, "ablation.md"), markdown),
             write_json_atomically(os.path.join(workdir, "ablation.json"), payload))
@@ -258,6 +262,9 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
                 reports.append(report)
                 runs[str(seed)] = {"average": report["average"], "best_worst": report["best_worst"],
                                    "per_class_accuracy": report["per_class_accuracy"]}
+                if "shift" in report:
+                    runs[str(seed)]["shift"] = {kind: report["shift"][kind] for kind in ("site", "corruption_mean")
+                                                if kind in report["shift"]}
             class_names = reports[0].get("class_names", list(reports[0]["per_class_accuracy"]))
             results.append({"backbone": backbone, "row": row, "method": method_name(backbone, row),
                             "class_names": list(class_names), "runs": runs,

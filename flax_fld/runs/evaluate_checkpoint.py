@@ -109,6 +109,25 @@ def _keep_earlier_entries(workdir: str, report: dict) -> None:
             report[key] = earlier[key]
 
 
+def add_shift(workdir: str, *, which: str = "best", log: Callable[[str], Any] = print) -> dict:
+    """WORKDIR's existing eval.json with ``shift`` (``shift_eval.evaluate_shift``) added or replaced, for
+    ``write_report_json``; every other field is kept. ValueError: no eval.json yet, or no checkpoint."""
+    from flax_fld.data import input_pipeline
+    from flax_fld.robustness import shift_eval
+    from flax_fld.training import train
+
+    path = report_path(workdir, "test")
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist: evaluate the run first (launch/eval.py without --shift)")
+    with open(path, encoding="utf-8") as handle:
+        report = json.load(handle)
+    config, model, variables, _ = train.load_for_inference(workdir, which=which)
+    data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
+    data = input_pipeline.prepare_data_source(config.data, data_dir)
+    report["shift"] = shift_eval.evaluate_shift(model, variables, config, data, data_dir=data_dir, log=log)
+    return report
+
+
 def add_robust_curve(workdir: str, epsilons: Sequence[float], *, which: str = "best", split: str = "test",
                      log: Callable[[str], Any] = print) -> dict:
     """WORKDIR's existing report (eval.json, or eval_<split>.json) with PGD-CE at each radius of ``epsilons``

@@ -228,7 +228,7 @@ RESUMABLE_KEYS = (
     "adv.eval_steps", "adv.eval_step_size",
     "adv.eval_through_decouplers", "adv.strong_pgd_steps", "adv.strong_steps", "adv.strong_restarts",
     "adv.strong_targets", "adv.strong_sanity_epsilon", "adv.strong_sanity_examples",
-    "adv.strong_sanity_max_accuracy", "eval.temperature_scaling",
+    "adv.strong_sanity_max_accuracy", "eval.temperature_scaling", "eval.shift",
     # Only a fresh run reads it; a resume takes every weight from the checkpoint.
     "model.init_from",
 )
@@ -238,7 +238,8 @@ RESUMABLE_KEYS = (
 # workdir whose config.json lacks one resumes as long as the new config keeps that value.
 ADDED_KEYS = {"data.split_fractions": [0.7, 0.15, 0.15], "data.split_seed": 0, "data.patient_regex": "",
               "data.dicom_group_by": "patient",
-              "adv.attack_space": "image", "adv.random_start": "small", "train.compute_dtype": "float32"}
+              "adv.attack_space": "image", "adv.random_start": "small", "train.compute_dtype": "float32",
+              "data.simulator_version": 1, "data.simulator_site": "A"}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

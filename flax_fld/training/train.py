@@ -32,7 +32,8 @@ from flax_fld.data import input_pipeline
 from flax_fld.evaluation import evaluate
 from flax_fld.method import calibration, objective
 from flax_fld.models import fld, pretrained
-from flax_fld.reporting import metric_writers, progress, report_fields, run_outputs
+from flax_fld.reporting import metric_writers, progress, report_fields, run_outputs, tables
+from flax_fld.robustness import shift_eval
 from flax_fld.runtime import distributed
 from flax_fld.training import checkpointing, compile_log, config_validation, epoch_end, optimizer, weight_averaging
 from flax_fld.training.train_state import TrainState, current_learning_rate
@@ -386,6 +387,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          both_threat_models=True,
                                          on_batch=progress.BatchProgress(outputs.say, "test split"))
         report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
+        if config.get("eval", {}).get("shift", False):
+            report["shift"] = shift_eval.evaluate_shift(model, variables, config, data, data_dir=data_dir,
+                                                        log=outputs.say)
+            outputs.say("test split under scanner shift:\n"
+                        + tables.format_shift(report["shift"], report_fields.method_name(config)))
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["last_epoch"] = int(meta.get("epoch", num_epochs))  # earlier than num_epochs after early stopping
