@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
     ablation.linear_floor = True  # First row: logistic regression on the raw pixels (flax_fld.evaluation.linear_probe).
     # Second row: logistic regression on intensity histogram, GLCM and gradient features (flax_fld.evaluation.texture_features).
     ablation.texture_floor = True
+    # Simulator version 2 only: logistic regression on the anatomical cues measured with its tissue masks.
+    ablation.anatomy_floor = True
     config.train.validate_robust = False  # The ablation reports clean accuracy; robust validation only costs time.
     config.train.best_metric = "worst_class"  # Same selection rule for every row.
     config.eval.shift = True  # Every row also under scanner shift (the table's second part).

@@ -2,6 +2,7 @@
 
   python launch/probe_simulator.py --simulator_version=2 --site=A --per_grade=150 --image_size=64
   python launch/probe_simulator.py --simulator_version=1
+  python launch/probe_simulator.py --figures=docs --per_grade=10   # also the docs' two figures
 
 Balanced accuracy (percent, 5-fold logistic regression, chance 25 %) of each probe of
 flax_fld/evaluation/shortcut_probes.py on freshly simulated scans, and the anatomical cues' medians per grade.
@@ -14,17 +15,21 @@ from absl import app, flags
 
 from flax_fld.data.datasets import bmode_physics, simulator
 from flax_fld.evaluation import shortcut_probes
+from flax_fld.tools import simulator_figures
 
 _VERSION = flags.DEFINE_enum("simulator_version", "2", ["1", "2"], "Simulator version.")
 _SITE = flags.DEFINE_enum("site", "A", sorted(bmode_physics.SITES), "Version 2: whose scanners.")
 _PER_GRADE = flags.DEFINE_integer("per_grade", 150, "Scans per grade.", lower_bound=10)
 _SIZE = flags.DEFINE_integer("image_size", 64, "Image side in pixels.", lower_bound=32)
 _SEED = flags.DEFINE_integer("seed", 5, "Seed of the simulated scans (not the benchmark's).")
+_FIGURES = flags.DEFINE_string("figures", "", "Folder: also write simulator_grades.png and simulator_sweep.png.")
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _FIGURES.value:
+        print("wrote", ", ".join(simulator_figures.save_figures(_FIGURES.value)))
     scans, labels = [], []
     for label, grade in enumerate(simulator.GRADES):
         for index in range(_PER_GRADE.value):

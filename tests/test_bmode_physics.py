@@ -126,3 +126,17 @@ def test_one_patient_under_five_exams_keeps_its_index_while_its_brightness_moves
     assert len(spreads) >= 15
     assert np.median(spreads) <= 0.5 * span, (np.median(spreads), span)
     assert min(moves) > largest_gap, (min(moves), largest_gap)
+
+
+def test_anatomy_floor_reports_the_test_split_and_needs_version_2():
+    from flax_fld.runtime.config_files import load_config
+
+    config = load_config("tiny")
+    with pytest.raises(ValueError, match="simulator_version=2"):
+        shortcut_probes.fit_anatomy_probe(config.data)
+    config.data.simulator_version = 2
+    report = shortcut_probes.fit_anatomy_probe(config.data)
+    expected = len(simulator.split_plan(config.data.num_examples, 20240601)["test"])
+    assert report["split"] == "test" and report["num_examples"] == expected
+    assert report["l2"] in (1e-4, 1e-3, 1e-2, 1e-1)
+    assert set(report["per_class_accuracy"]) == set(simulator.GRADES)

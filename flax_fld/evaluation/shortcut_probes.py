@@ -200,3 +200,56 @@ def probe_accuracies(scans, labels: np.ndarray, num_classes: int = 4) -> dict[st
         features["nuisances"] = nuisance_features(scans)
         features["anatomy"] = anatomical_cues(images, np.stack([scan.tissue for scan in scans]))
     return {name: cross_validated_balanced_accuracy(value, labels, num_classes) for name, value in features.items()}
+
+
+def has_anatomy(data_config) -> bool:
+    """True for data whose tissue masks the anatomical probe can read: simulator version 2."""
+    return data_config.name == "synthetic_fatty_liver" and int(data_config.get("simulator_version", 1)) == 2
+
+
+def fit_anatomy_probe(data_config, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)) -> dict:
+    """The anatomical-cue floor of a version 2 data set: a logistic regression on ``anatomical_cues`` of the
+    train split, L2 chosen on validation balanced accuracy, reported on the test split (``metrics.class_report``
+    fields plus ``l2``, ``class_names``, ``split``, ``robust``), as ``linear_probe.fit_probe`` reports.
+
+    The cues are measured with the simulator's tissue masks (each split's scans are made again from their ids),
+    so this is what a reader who places every ROI perfectly and weighs three cues linearly achieves.
+    """
+    from flax_fld.data.datasets import simulator, synthetic_fatty_liver
+    from flax_fld.evaluation import metrics
+
+    if not has_anatomy(data_config):
+        raise ValueError("the anatomical-cue floor needs data.name=synthetic_fatty_liver with data.simulator_version=2")
+    builder_config = synthetic_fatty_liver.builder_config(data_config)
+    class_names = list(builder_config.class_names)
+    plan = simulator.split_plan(builder_config.num_examples, builder_config.seed)
+    features, labels = {}, {}
+    for split, entries in plan.items():
+        scans = [synthetic_fatty_liver.simulate(builder_config, example_id, grade) for example_id, grade in entries]
+        features[split] = anatomical_cues(np.stack([s.image for s in scans]), np.stack([s.tissue for s in scans]))
+        labels[split] = np.asarray([class_names.index(grade) for _, grade in entries])
+    # Missing cues are filled from the training split's medians, with a 'missing' indicator column.
+    train_median = np.nanmedian(features["train"], axis=0)
+    prepared = {split: np.concatenate([np.where(np.isfinite(v), v, train_median[None]),
+                                       ~np.isfinite(v)], axis=1).astype(np.float64)
+                for split, v in features.items()}
+    mean, std = prepared["train"].mean(0), prepared["train"].std(0) + 1e-8
+    standardized = {split: np.concatenate([(v - mean) / std, np.ones((len(v), 1))], axis=1)
+                    for split, v in prepared.items()}
+
+    def report(weights, split):
+        predicted = np.argmax(standardized[split] @ weights, axis=1)
+        confusion = np.zeros((len(class_names),) * 2, np.int64)
+        np.add.at(confusion, (labels[split], predicted), 1)
+        return metrics.class_report(confusion, class_names)
+
+    best = None
+    for l2 in l2_grid:
+        weights = fit_logistic_regression(standardized["train"][:, :-1], labels["train"], len(class_names), l2)
+        score = report(weights, "validation")["balanced_accuracy"]
+        if best is None or score > best[0]:
+            best = (score, float(l2), weights)
+    result = report(best[2], "test")
+    result.update(l2=best[1], class_names=class_names, split="test", robust={},
+                  checkpoint=f"l2={best[1]:g} chosen by validation balanced accuracy")
+    return result

@@ -14,7 +14,9 @@ Config keys read from ``config.ablation`` (everything else is the training confi
 Two floors come first in the table, each a multinomial logistic regression on the same data source and split
 (``flax_fld.evaluation.linear_probe``): on the raw pixels (WORKDIR/linear/eval.json; ``config.ablation.linear_floor=False``
 skips it) and on hand-made texture features, the classical ultrasound baseline (WORKDIR/texture/eval.json;
-``config.ablation.texture_floor=False``), so a deep row below a shallow model shows at once. A run whose test predictions collapsed to one class is marked.
+``config.ablation.texture_floor=False``), so a deep row below a shallow model shows at once. On simulator
+version 2 a third floor reads the anatomical cues from the simulator's tissue masks (WORKDIR/anatomy/eval.json;
+``flax_fld.evaluation.shortcut_probes.fit_anatomy_probe``). A run whose test predictions collapsed to one class is marked.
 
 Each run trains with ``train.train_and_evaluate`` in WORKDIR/<backbone>/<row>/seed_<s>; a run whose directory
 already has eval.json is not repeated, so re-running the same command resumes the ablation. All runs share
@@ -87,9 +89,11 @@ def variant_config(config: ml_collections.ConfigDict, backbone: str, row: str, s
     return variant
 
 
-FLOORS = {  # kind -> (row label, fitting function in flax_fld.evaluation.linear_probe)
+ANATOMY_METHOD = "Anatomical-cue floor (logistic regression, hepatorenal index + portal wall + diaphragm)"
+FLOORS = {  # kind -> (row label, fitting function in flax_fld.evaluation.linear_probe | shortcut_probes)
     "linear": (LINEAR_METHOD, "fit_linear_probe"),
     "texture": (TEXTURE_METHOD, "fit_texture_probe"),
+    "anatomy": (ANATOMY_METHOD, "fit_anatomy_probe"),  # simulator version 2 only (its tissue masks)
 }
 
 
@@ -105,12 +109,15 @@ def floor_result(kind: str, config: ml_collections.ConfigDict, workdir: str, dat
             report = json.load(handle)
     else:
         from flax_fld.data import input_pipeline
-        from flax_fld.evaluation import linear_probe  # the training stack, as in run_ablation
+        from flax_fld.evaluation import linear_probe, shortcut_probes  # the training stack, as in run_ablation
 
         log(f"{kind} floor: {method}")
         data_config = ml_collections.ConfigDict(config.data.to_dict())
         data_config.data_dir = data_dir
-        report = getattr(linear_probe, fit_name)(input_pipeline.prepare_data_source(data_config, data_dir))
+        if kind == "anatomy":
+            report = shortcut_probes.fit_anatomy_probe(data_config)
+        else:
+            report = getattr(linear_probe, fit_name)(input_pipeline.prepare_data_source(data_config, data_dir))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json_atomically(path, report)
     return {"backbone": kind, "row": kind, "method": method, "class_names": list(report["class_names"]),
@@ -228,7 +235,11 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
 
     data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
     results = []
+    from flax_fld.evaluation import shortcut_probes  # pylint: disable=import-outside-toplevel
+
     for kind in FLOORS:
+        if kind == "anatomy" and not shortcut_probes.has_anatomy(config.data):
+            continue
         if config.ablation.get(f"{kind}_floor", True):
             results.append(floor_result(kind, config, workdir, data_dir, log))
             write_outputs(workdir, results, seeds, command)

@@ -30,7 +30,7 @@ def _write_png(path: str, image: np.ndarray) -> None:
 
 def _synthetic_rows(data_config: ml_collections.ConfigDict, split: str):
     """(id, grade, uint8 [H, W, C] image, latent values) of every example of a simulator split, in id order."""
-    builder_config = synthetic_fatty_liver.make_builder(data_config, "/nonexistent").builder_config
+    builder_config = synthetic_fatty_liver.builder_config(data_config)
     plan = simulator.split_plan(builder_config.num_examples, builder_config.seed)[split]
     for example_id, grade in plan:
         scan = synthetic_fatty_liver.simulate(builder_config, example_id, grade)

@@ -67,8 +67,9 @@ def simulate(config: SyntheticConfig, example_id: int, grade: str):
 SIMULATOR_VERSIONS = (1, 2)
 
 
-def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Builder for config.data (image_size, channels, class_names, num_examples)."""
+def builder_config(data_config: ml_collections.ConfigDict) -> SyntheticConfig:
+    """The builder config of config.data (image_size, channels, class_names, num_examples, simulator_*),
+    validated; what `simulate` needs to remake any example without a builder."""
     size, channels = int(data_config.image_size), int(data_config.channels)
     base.check_image_format(size, channels)
     class_names = base.check_class_names(data_config.class_names, "data.class_names")
@@ -90,7 +91,8 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
         name = f"v2{site}_{name}"
     if class_names != simulator.GRADES:
         name += f"_o{base.short_hash(class_names)}"
-    config = SyntheticConfig(
+    predefined = {c.name: c for c in SyntheticFattyLiver.BUILDER_CONFIGS}
+    return predefined.get(name) or SyntheticConfig(
         name=name,
         image_size=size,
         channels=channels,
@@ -100,7 +102,8 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.
         site=site if version == 2 else "all",
         description=f"{size} px, {num_examples} images, {channels} channel(s), simulator v{version}",
     )
-    predefined = {c.name: c for c in SyntheticFattyLiver.BUILDER_CONFIGS}
-    return SyntheticFattyLiver(
-        config=predefined.get(name, config), data_dir=data_dir, file_format="array_record"
-    )
+
+
+def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
+    """Builder for config.data (``builder_config``) with its prepared data under ``data_dir``."""
+    return SyntheticFattyLiver(config=builder_config(data_config), data_dir=data_dir, file_format="array_record")
