@@ -2,6 +2,7 @@
 
 import logging as std_logging
 import os
+import re
 import subprocess
 import sys
 
@@ -69,6 +70,19 @@ def test_quiet_library_logging_sets_warning_and_drops_only_routine_tfds_warnings
     assert cli._keep_record(record("/repo/flax_fld/training/train.py", "Using custom data configuration"))
 
 
+def test_orbax_warnings_stay_off_the_console_and_its_errors_do_not():
+    manager = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
+
+    def record(path, level):
+        return std_logging.LogRecord("absl", level, path, 1, "Waiting for previous save to complete took 2.1 "
+                                     "seconds. If this number is high, consider checkpointing less frequently.",
+                                     None, None)
+
+    assert not cli._keep_record(record(manager, std_logging.WARNING))
+    assert cli._keep_record(record(manager, std_logging.ERROR))
+    assert cli._keep_record(record("/repo/orbax_notes/train.py", std_logging.WARNING))  # only the package
+
+
 def test_the_default_config_is_given_only_when_the_command_line_has_none():
     assert cli.with_default_config(["x.py", "--config.seed=1"], "/d.py") == ["x.py", "--config=/d.py", "--config.seed=1"]
     for given in (["x.py", "--config=t.py", "--config.seed=1"], ["x.py", "--config", "t.py"]):
@@ -126,3 +140,28 @@ def test_an_unknown_layer_forms_value_stops_a_launch_script_with_one_line(monkey
     assert stopped.value.code == "error: FLAX_FLD_LAYER_FORMS='gpu'; expected one of auto, cpu, plain"
     monkeypatch.setenv("FLAX_FLD_LAYER_FORMS", "plain")
     cli.check_environment()  # a known value passes
+
+
+# What no line of a launch script's console may come from: absl's own format (W1207 12:00:00.123 ...), orbax,
+# TFDS's announcement of a preparation, a traceback.
+LIBRARY_LINE = re.compile(r"^[IWEF]\d{4} |^WARNING:absl|orbax|Waiting for previous save|Downloading and preparing|"
+                          r"downloaded and prepared|Traceback")
+
+
+@pytest.mark.slow  # two tiny training runs at once, about a minute: make test-slow
+def test_two_runs_at_once_share_one_new_data_folder_and_print_no_library_lines(tmp_path):
+    data_dir = tmp_path / "data"
+    runs = [subprocess.Popen(
+        [sys.executable, "launch/train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / name}",
+         f"--config.data.data_dir={data_dir}", "--config.train.num_epochs=1", "--config.model.use_decouplers=False",
+         "--config.train.async_checkpointing=True"],  # the demo's checkpointing: both slots saved in the background
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    outputs = [run.communicate(timeout=900) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, out[-2000:] + err[-3000:]
+        assert "Best-Worst%" in out
+        assert [line for line in (out + err).splitlines() if LIBRARY_LINE.search(line)] == []
+    lines = [line for out, err in outputs for line in (out + err).splitlines()]
+    preparing = [line for line in lines if line.startswith("preparing the data set")]
+    waiting = [line for line in lines if line.startswith("waiting for another process preparing")]
+    assert len(preparing) == 1 and len(waiting) <= 1 and f"in {data_dir}" in preparing[0], lines

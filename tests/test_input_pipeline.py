@@ -2,6 +2,10 @@
 evaluation that counts every example exactly once, and one DataSource per run."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -185,3 +189,87 @@ def test_dataset_info_round_trips_through_the_run_files(data_dir, tmp_path):
     assert not (tmp_path / "split_assignment.csv").exists()  # the synthetic set comes split
     with pytest.raises(ValueError, match="lacks the field 'class_counts'"):
         input_pipeline.DatasetInfo.from_dict({k: v for k, v in info_dict.items() if k != "class_counts"})
+
+
+# --- preparing a data set: one line of ours, and one process at a time per data_dir ------------------------
+
+def test_a_preparation_prints_one_line_of_ours_and_a_reuse_prints_nothing(tmp_path, capsys):
+    config = data_config(num_examples=24)
+    input_pipeline.prepare_data_source(config, str(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    builder = datasets.get_builder(config, str(tmp_path))
+    # TFDS's own lines ("Downloading and preparing dataset Unknown size ...", "... downloaded and prepared to
+    # ...") are not among them.
+    assert printed == [f"preparing the data set {builder.name}/{builder.builder_config.name} (24 images, 16 px, "
+                       f"1 channel) in {builder.data_dir}"]
+    input_pipeline.prepare_data_source(config, str(tmp_path))
+    assert capsys.readouterr().out == ""
+    assert not list(tmp_path.glob(".*.lock"))  # the lock goes with its holder
+
+
+HOLDER = r"""
+import sys, time
+from flax_fld.data import input_pipeline
+with input_pipeline.preparation_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(1.0)
+    print("releasing", time.time(), flush=True)
+"""
+
+
+def test_the_lock_makes_a_second_process_wait_until_the_first_releases_it(tmp_path):
+    path = str(tmp_path / ".data.lock")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        waits = []
+        with input_pipeline.preparation_lock(path, on_wait=lambda: waits.append(time.time())):
+            entered = time.time()
+            assert os.path.exists(path)
+        released = float(holder.stdout.readline().split()[1])
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
+    assert len(waits) == 1 and waits[0] < released <= entered
+    assert not os.path.exists(path)
+    with input_pipeline.preparation_lock(path, on_wait=lambda: waits.append(time.time())):
+        pass  # free: taken at once
+    assert len(waits) == 1
+
+
+RACER = r"""
+import json, os, sys, time
+from flax_fld.data import input_pipeline
+from flax_fld.runtime.config_files import load_config
+data_dir, start = sys.argv[1], sys.argv[2]
+config = load_config("tiny").data
+print("ready", flush=True)
+while not os.path.exists(start):
+    time.sleep(0.001)
+data = input_pipeline.prepare_data_source(config, data_dir)
+images, labels = input_pipeline.load_split(data, "test")  # the waiting process reads what the other wrote
+print(json.dumps([data.info.num_examples, data.info.class_counts["test"], labels.tolist()]), flush=True)
+"""
+
+
+def test_two_processes_preparing_one_empty_data_dir_at_once_both_succeed(tmp_path):
+    # Without the lock the later of the two failed with TFDS's "Cannot rename ... already exists".
+    data_dir, start = tmp_path / "data", tmp_path / "start"
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(data_dir), str(start)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for racer in racers:  # both imported and configured: they reach prepare_data_source together
+        assert racer.stdout.readline().strip() == "ready"
+    start.touch()
+    results = [racer.communicate(timeout=300) for racer in racers]
+    for racer, (out, err) in zip(racers, results):
+        assert racer.returncode == 0, err[-3000:]
+    first, second = sorted(out.splitlines() for out, _ in results)
+    builder = datasets.get_builder(load_config("tiny").data, str(data_dir))
+    counts = first[-1]
+    assert sum(json.loads(counts)[0].values()) == 96 and second[-1] == counts
+    assert first == [input_pipeline.preparation_line(builder), counts]
+    # The other waited (nearly always: they start together), or came after the first had finished.
+    name = f"{builder.name}/{builder.builder_config.name}"
+    assert second in ([f"waiting for another process preparing {name} in {data_dir}", counts], [counts])
+    assert sorted(os.listdir(data_dir)) == ["downloads", builder.name]
+    assert os.listdir(os.path.dirname(builder.data_dir)) == [os.path.basename(builder.data_dir)]

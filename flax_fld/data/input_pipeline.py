@@ -14,10 +14,12 @@ contiguous slice of each global batch, so all processes run the same number of s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ml_collections
 import numpy as np
@@ -73,16 +75,98 @@ class DatasetInfo:
             raise ValueError(f"dataset info lacks the field {error.args[0]!r}") from None
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    return os.path.isdir(os.fspath(builder.data_path))
+
+
 def _prepared_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> tfds.core.DatasetBuilder:
     builder = datasets.get_builder(data_config, data_dir)
     tfds.disable_progress_bar()
-    # TFDS writes into a temporary folder renamed on success, and skips a data set that is already there.
-    try:
-        builder.download_and_prepare()
-    except BaseException:
-        _remove_empty_parents(builder.data_dir, stop=data_dir)
-        raise
+    if _is_prepared(builder):
+        return builder
+    # Two runs preparing one data set into one data_dir would race for TFDS's final rename, and the second
+    # would fail: the second waits for the first and then reads what the first wrote.
+    config_name = builder.builder_config.name if builder.builder_config else "default"
+    lock_path = os.path.join(data_dir, f".{builder.name}.{config_name}.lock")
+    os.makedirs(data_dir, exist_ok=True)
+    with preparation_lock(lock_path, on_wait=lambda: print(
+            f"waiting for another process preparing {builder.name}/{config_name} in {data_dir}", flush=True)):
+        if _is_prepared(builder):
+            # Made while this process waited: read its split information as a builder made after it does.
+            builder.info.read_from_directory(builder.data_dir)
+            return builder
+        print(preparation_line(builder), flush=True)
+        # TFDS writes into a temporary folder renamed on success. Its own two lines ("Downloading and
+        # preparing dataset Unknown size ...") would only restate the line above with sizes it does not know.
+        with _tfds_announcements_silenced(builder):
+            try:
+                builder.download_and_prepare()
+            except BaseException:
+                _remove_empty_parents(builder.data_dir, stop=data_dir)
+                raise
     return builder
+
+
+def preparation_line(builder: tfds.core.DatasetBuilder) -> str:
+    """What is prepared, how many images (when the config knows), its format and where it goes."""
+    config = builder.builder_config
+    facts = []
+    source = getattr(config, "root", "") or getattr(config, "npz_path", "") or getattr(config, "mat_path", "")
+    if source:
+        facts.append(f"from {source}")
+    rows = getattr(config, "rows", ())
+    count = sum(row.frames for row in rows) if rows else getattr(config, "num_examples", None)
+    if count:
+        facts.append(f"{count} images")
+    if getattr(config, "image_size", None):
+        facts.append(f"{config.image_size} px, {config.channels} channel{'s' if config.channels > 1 else ''}")
+    return f"preparing the data set {builder.name}/{config.name} ({', '.join(facts)}) in {builder.data_dir}"
+
+
+@contextlib.contextmanager
+def _tfds_announcements_silenced(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
+    """Without TFDS's printed start and end lines (printed, not logged: no logger level reaches them)."""
+    names = ("_log_download_bytes", "_log_download_done")
+    for name in names:
+        setattr(builder, name, lambda: None)
+    try:
+        yield
+    finally:
+        for name in names:
+            delattr(builder, name)
+
+
+@contextlib.contextmanager
+def preparation_lock(path: str, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on the file ``path`` (created, and removed on release) for the block.
+
+    ``on_wait()`` is called once if another process holds it. The holder removes the file before releasing
+    it, so a process that was waiting on the removed file retries on a new one: one holder at a time.
+    """
+    waited = False
+    while True:
+        handle = open(path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited:
+                on_wait()
+                waited = True
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(handle.fileno())
+        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        handle.close()  # the previous holder removed this file: lock the one there now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        handle.close()
 
 
 def _remove_empty_parents(path: str, stop: str) -> None:
@@ -134,8 +218,10 @@ class DataSource:
 def prepare_data_source(data_config: ml_collections.ConfigDict, data_dir: str) -> DataSource:
     """Build the data set for config.data under data_dir if it is not there yet, and open it.
 
-    Idempotent; a failed preparation leaves no partial data set and never touches a prepared one.
-    Raises ValueError with a one-line message on bad input.
+    Idempotent; a failed preparation leaves no partial data set and never touches a prepared one. Runs that
+    prepare the same data set into one data_dir at once take turns (a lock file there): the later one waits,
+    saying so in one line, then reads what the first wrote. Raises ValueError with a one-line message on bad
+    input.
     """
     return DataSource(_prepared_builder(data_config, data_dir), data_config)
 

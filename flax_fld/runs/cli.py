@@ -52,14 +52,23 @@ def enable_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | N
 _ROUTINE_TFDS_WARNINGS = ("Using custom data configuration", "OpenCV is not installed")
 
 
+# Libraries whose warnings are about their own bookkeeping (orbax's "Waiting for previous save to complete
+# took N seconds" also counts waits made before, and so blames the wrong save); their errors still come through.
+_QUIET_LIBRARIES = ("orbax", "tensorstore")
+
+
 def _keep_record(record: logging.LogRecord) -> bool:
-    """False for the routine TFDS warnings above (a ``logging`` filter)."""
+    """False for the routine TFDS warnings above and the warnings of ``_QUIET_LIBRARIES`` (a ``logging`` filter)."""
+    parts = record.pathname.replace("\\", "/").split("/")
+    if record.levelno < logging.ERROR and any(library in parts for library in _QUIET_LIBRARIES):
+        return False
     return not ("tensorflow_datasets" in record.pathname and str(record.msg).startswith(_ROUTINE_TFDS_WARNINGS))
 
 
 def quiet_library_logging() -> None:
     """absl logging at WARNING (orbax and TFDS log every file operation at INFO) without TFDS's routine
-    warnings, unless ``--verbosity`` is given; what the scripts print themselves is what a person reads."""
+    warnings nor orbax's, unless ``--verbosity`` is given (``--verbosity=-1`` shows every library warning);
+    what the scripts print themselves is what a person reads."""
     from absl import flags
     from absl import logging as absl_logging
 

@@ -89,6 +89,26 @@ def _quiet_abandoned_reads_on_failure(directory: str) -> Iterator[None]:
     asyncio_logger.removeFilter(asyncio_filter)
 
 
+CAUSE_LENGTH = 120
+
+
+def short_cause(error: BaseException, folder: str) -> str:
+    """The first line of the innermost error behind ``error``, without the ``folder`` the message already names,
+    at most ``CAUSE_LENGTH`` characters.
+
+    Orbax wraps tensorstore's error ("OUT_OF_RANGE: Error reading ...") in one that carries a dump of the whole
+    TensorStore spec, several hundred characters that say nothing about what is wrong.
+    """
+    seen = [error]
+    while (inner := seen[-1].__cause__ or seen[-1].__context__) is not None and inner not in seen:
+        seen.append(inner)
+    innermost = seen[-1]
+    lines = str(innermost).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else type(innermost).__name__
+    text = text.replace(folder.rstrip(os.sep) + os.sep, "").replace(folder.rstrip(os.sep), "that folder")
+    return text if len(text) <= CAUSE_LENGTH else text[:CAUSE_LENGTH - 3] + "..."
+
+
 class Checkpointer:
     """The run's two orbax ``CheckpointManager``s behind a small interface.
 
@@ -117,15 +137,21 @@ class Checkpointer:
 
         self.periodic = manager(PERIODIC_DIRNAME, keep)
         self.best = manager(BEST_DIRNAME, 1)
+        self._best_step = None  # the step of this run's newest best save
 
     def save(self, state: TrainState, meta: dict, *, best: bool = False) -> None:
         """Saves ``state`` and JSON ``meta`` under step ``state.step`` (to the best slot if ``best``)."""
         manager = self.best if best else self.periodic
         step = int(jax.device_get(state.step))
         args = ocp.args.Composite(state=ocp.args.StandardSave(_to_savable(state)), meta=ocp.args.JsonSave(meta))
-        if not best:
-            # Each manager commits in its own thread: without this wait a crash could leave the epoch's periodic
-            # checkpoint committed and its best one not, and the resumed run would report the older best epoch.
+        if best:
+            self._best_step = step
+        elif self._best_step != step:
+            # Each manager commits in its own thread. A periodic checkpoint must not be committed before the
+            # best one its meta names, else a resumed run would compare against a best epoch it cannot restore.
+            # An earlier epoch's best save has normally finished by now, so this wait is free. The same epoch's
+            # best save is not waited for (that blocked training for a whole write, which orbax then reported
+            # at the next best save): it holds the same state, and ``complete_best`` redoes it on a resume.
             self.best.wait_until_finished()
         if step in manager.all_steps():
             # A re-run after a crash between the two saves of an epoch writes the same step again.
@@ -159,11 +185,30 @@ class Checkpointer:
                 restored = manager.restore(step, args=args)
             state = flax.serialization.from_state_dict(template, restored["state"])
         except Exception as error:  # tensorstore, json and orbax raise assorted types for damaged files
-            reason = " ".join(str(error).split())[:300]
-            raise ValueError(
-                f"checkpoint {path} is unreadable ({type(error).__name__}: {reason}); if its files are damaged, "
-                "delete that folder to resume from the previous checkpoint, else use a new --workdir") from None
+            raise ValueError(f"checkpoint {path} is unreadable (step {step}: {short_cause(error, path)}); "
+                             f"{self._way_out(which, step)}") from None
         return state, dict(restored["meta"])
+
+    def _way_out(self, which: str, step: int) -> str:
+        if which == "best":
+            return "delete that folder to fall back on the latest checkpoint, or use a new --workdir"
+        earlier = [other for other in self.periodic.all_steps() if other < step]
+        resume = f"resume from step {max(earlier)}" if earlier else "start this run again from its first step"
+        return f"delete that folder to {resume}, or use a new --workdir"
+
+    def complete_best(self, state: TrainState, meta: dict) -> None:
+        """Writes the best checkpoint of the resumed epoch if the run stopped before that save was committed.
+
+        ``state`` and ``meta`` are those of the newest periodic checkpoint (``restore(..., "latest")``). When
+        its epoch was the best one, the best slot must hold its step: the two saves are of the same state, and
+        the periodic one does not wait for the best one (``save``).
+        """
+        if meta.get("best_epoch") is None or meta.get("best_epoch") != meta.get("epoch"):
+            return
+        step, best_step = int(jax.device_get(state.step)), self.latest_step("best")
+        if best_step is None or best_step < step:
+            self.save(state, meta, best=True)
+            self.best.wait_until_finished()
 
     def _manager(self, which: str) -> ocp.CheckpointManager:
         if which not in ("latest", "best"):

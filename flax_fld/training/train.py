@@ -349,6 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     restored = checkpointer.restore(state, "latest")
     if restored is not None:
         state, meta = restored
+        checkpointer.complete_best(state, meta)
         train_iter.set_state(meta["iterator"])
         print(f"resuming {workdir} from step {int(state.step)} (epoch {int(state.epoch)})", flush=True)
     p_end_epoch = jitted_end_epoch(frozen_config.adv)
