@@ -204,7 +204,7 @@ def probe_accuracies(scans, labels: np.ndarray, num_classes: int = 4) -> dict[st
 
 def has_anatomy(data_config) -> bool:
     """True for data whose tissue masks the anatomical probe can read: simulator version 2."""
-    return data_config.name == "synthetic_fatty_liver" and int(data_config.get("simulator_version", 1)) == 2
+    return data_config.get("name") == "synthetic_fatty_liver" and int(data_config.get("simulator_version", 1)) == 2
 
 
 def fit_anatomy_probe(data_config, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)) -> dict:
