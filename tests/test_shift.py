@@ -85,6 +85,14 @@ def test_shift_report_covers_every_corruption_severity_and_the_other_site(tiny_v
     site = report["site"]
     assert site["site"] == "B" and site["num_examples"] == data.info.num_examples["test"]
     assert any(line.startswith("shift, site B") for line in lines)
+    large = report["large_test"]
+    assert large["num_examples"] == 10 * data.info.num_examples["test"]
+    assert large["average_interval"][0] <= large["average"] <= large["average_interval"][1]
+    images, labels = shift_eval.large_test_split(config.data, multiplier=1)
+    counts = np.bincount(labels, minlength=4)
+    assert len(images) == data.info.num_examples["test"] and counts.min() > 0
+    prepared, _ = input_pipeline.load_split(data, "test")
+    assert not any(np.array_equal(images[0], image) for image in prepared), "new patients, not the test split"
     text = tables.format_shift(report, "tiny")
     assert "tiny (site B scanners)" in text and "| haze |" in text
 
@@ -96,3 +104,20 @@ def test_only_simulator_version_2_has_another_site():
     assert shift_eval.shifted_site_config(config.data).simulator_site == "A"
     config.data.simulator_site = "all"
     assert shift_eval.shifted_site_config(config.data) is None
+
+
+def test_ablation_shift_table_has_a_line_per_row_and_shift_kind():
+    def entry(average, **extra):
+        return {"per_class_accuracy": {"normal": 80.0, "mild": 60.0, "moderate": 50.0, "severe": 70.0},
+                "average": average, "best_worst": 30.0, **extra}
+
+    runs = {str(seed): {"shift": {"large_test": entry(64.0 + seed, num_examples=2640),
+                                  "site": entry(50.0 + seed, drop=10.0, site="B", num_examples=264),
+                                  "corruption_mean": entry(40.0, drop=20.0 + seed)}} for seed in (0, 1)}
+    results = [{"method": "floor", "class_names": ["normal", "mild", "moderate", "severe"]},
+               {"method": "Net", "class_names": ["normal", "mild", "moderate", "severe"], "runs": runs}]
+    lines = tables.format_ablation_shift_table(results).splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[2].startswith("| Net | none, 2640 new test patients |") and "64.50 ± 0.71" in lines[2]
+    assert lines[3].startswith("| Net | site B |") and lines[3].endswith("| 10.00 ± 0.00 |")
+    assert lines[4].startswith("| Net | corruptions (mean) |") and "20.50 ± 0.71" in lines[4]

@@ -246,6 +246,8 @@ def format_shift(shift: Mapping[str, Any], method: str) -> str:
     if "site" in shift:
         rows.append((f"site {shift['site']['site']} scanners", shift["site"]))
     rows.append(("corruptions, mean of 50", shift["corruption_mean"]))
+    if "large_test" in shift:
+        rows.append((f"no shift, {shift['large_test']['num_examples']} new test patients", shift["large_test"]))
     for label, entry in rows:
         cells = [f"{method} ({label})"] + [f"{entry['per_class_accuracy'][name]:.2f}" for name in class_names]
         drop = f"{entry['drop']:+.2f}" if "drop" in entry else "–"
@@ -258,8 +260,9 @@ def format_shift(shift: Mapping[str, Any], method: str) -> str:
 
 
 def format_ablation_shift_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """The ablation's rows under scanner shift, mean ± std over seeds: per-class accuracy and Average on the
-    other site's scanners, the mean over corruptions, and each one's drop from the clean test split.
+    """The ablation's rows under scanner shift, mean ± std over seeds: per-class accuracy and Average on ten
+    times as many new test patients (no shift), on the other site's scanners and averaged over the
+    corruptions, with the drop of the last two from the clean test split.
     ``results`` items as for ``format_ablation_table``; a run carries ``shift`` (eval.json's ``site`` and
     ``corruption_mean``) when it was evaluated under shift; rows without (the floors) are left out."""
     rows = [r for r in results if any("shift" in run for run in r.get("runs", {}).values())]
@@ -271,13 +274,17 @@ def format_ablation_shift_table(results: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * 2 + [" ---: "] * (len(header) - 2)) + "|"]
     for result in rows:
         runs = [run["shift"] for run in result["runs"].values() if "shift" in run]
-        for kind in ("site", "corruption_mean"):
+        for kind in ("large_test", "site", "corruption_mean"):
             entries = [run[kind] for run in runs if kind in run]
             if not entries:
                 continue
-            label = f"site {entries[0].get('site', '?')}" if kind == "site" else "corruptions (mean)"
+            if kind == "large_test":
+                label = f"none, {entries[0]['num_examples']} new test patients"
+            else:
+                label = f"site {entries[0].get('site', '?')}" if kind == "site" else "corruptions (mean)"
             cells = [result["method"], label]
             cells += [_mean_std_text([e["per_class_accuracy"][name] for e in entries]) for name in class_names]
-            cells += [_mean_std_text([e[key] for e in entries]) for key in ("average", "best_worst", "drop")]
+            cells += [_mean_std_text([e[key] for e in entries]) for key in ("average", "best_worst")]
+            cells.append(_mean_std_text([e["drop"] for e in entries]) if "drop" in entries[0] else "–")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

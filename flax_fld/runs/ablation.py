@@ -274,7 +274,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
                 runs[str(seed)] = {"average": report["average"], "best_worst": report["best_worst"],
                                    "per_class_accuracy": report["per_class_accuracy"]}
                 if "shift" in report:
-                    runs[str(seed)]["shift"] = {kind: report["shift"][kind] for kind in ("site", "corruption_mean")
+                    runs[str(seed)]["shift"] = {kind: report["shift"][kind] for kind in ("large_test", "site", "corruption_mean")
                                                 if kind in report["shift"]}
             class_names = reports[0].get("class_names", list(reports[0]["per_class_accuracy"]))
             results.append({"backbone": backbone, "row": row, "method": method_name(backbone, row),
