@@ -20,11 +20,18 @@ distinct convolution and dot_general shapes (in the layer forms of this backend,
 the plain forms a GPU uses). Compile time does not depend on the attack's K nor on PGD's steps (both are
 ``fori_loop``s), so on a CPU ``--num_steps`` and ``--eval_steps`` can be small.
 
+Each program's compile seconds are printed (stderr) as it completes, and with ``--jsonl=PATH`` every
+program, part and memory row is appended there as one JSON line the moment it is measured, so a run that a
+time limit ends still leaves what it measured.
+
 ``--memory_batches``: XLA's memory analysis of the compiled FLD + TRADES step at each per-device batch
 (plain layer forms, as on a GPU; compiled on this backend, so an estimate for another), and a linear fit.
 ``--parts``: the step and its four parts (``benchmarks/step_parts.py``), each compiled alone under
-``jax.profiler``: StableHLO operations, the kernels XLA compiled (its ``FusionCompiler::Compile`` events on a
-CPU), compile s, and the step compile's largest events (HLO passes, kernel emission, LLVM code generation).
+``jax.profiler``, in the order ``--parts_programs`` gives (by default the decouplers first: the part with
+the most kernels, 628 of the step's 1,562 on a CPU, and IC1/IC2's convolutions), each lowered just before
+its compile and reported as soon as it is compiled: StableHLO operations, the kernels XLA compiled (its
+``FusionCompiler::Compile`` events on a CPU), compile s, and the compile's largest events (HLO passes,
+kernel emission, LLVM code generation; on a GPU autotuning and ptxas).
 ``--launch_repeats``: runs ``launch/train.py`` that many times (compilation cache off) and reports the
 seconds from the process start to its first training step's log line, with the compile count it printed;
 with ``--launch_cached``, on a persistent compilation cache that a first launch fills (as a resumed run).
@@ -33,12 +40,14 @@ The persistent compilation cache is off in this script: it measures compiles.
 
 import collections
 import functools
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from absl import app, flags
@@ -67,12 +76,40 @@ _LAUNCH_REPEATS = flags.DEFINE_integer("launch_repeats", 0, "Time launch/train.p
                                        "times instead of probing.")
 _PARTS = flags.DEFINE_bool("parts", False, "Only the step's parts (decouplers, attack, loss, update) and the "
                            "whole step, each compiled alone under the profiler: ops, kernels, compile s, and "
-                           "XLA's largest compile events for the step.")
-_PARTS_PROGRAMS = flags.DEFINE_list("parts_programs", [], "With --parts: only these programs (decouplers, attack, "
-                                    "loss, update, step); empty: all five.")
+                           "XLA's largest compile events of each.")
+_PARTS_PROGRAMS = flags.DEFINE_list("parts_programs", [], "With --parts: these programs in this order (decouplers, "
+                                    "attack, loss, update, step); empty: all five, in that order.")
+_JSONL = flags.DEFINE_string("jsonl", "", "Also append each program, part and memory row here as a JSON line, "
+                             "flushed as it is measured.")
 _LAUNCH_CACHED = flags.DEFINE_bool("launch_cached", False, "With --launch_repeats: one launch fills a fresh "
                                    "persistent compilation cache, then the repeats launch with it (a resumed run).")
 _LAUNCH_TIMEOUT = flags.DEFINE_integer("launch_timeout", 1200, "Seconds before a timed launch is given up.")
+
+
+def record(kind: str, **fields) -> None:
+    """Appends ``{"kind": kind, **fields}`` to ``--jsonl`` as one line, flushed (nothing without the flag)."""
+    if _JSONL.value:
+        with open(_JSONL.value, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"kind": kind, **fields}) + "\n")
+
+
+def announce_compiles(log):
+    """Prints each program as XLA finishes it (1 s or more; all go to ``--jsonl``); returns the undo."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from flax_fld.training import compile_log  # pylint: disable=import-outside-toplevel
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event != compile_log.BACKEND_COMPILE_EVENT:
+            return
+        name, thread = str(kwargs.get("fun_name", "?")), threading.current_thread().name
+        record("program", phase=log.phase, name=name, compile_s=round(duration, 3), thread=thread)
+        if duration >= 1.0:
+            print(f"  compiled {name} in {duration:.1f} s [{log.phase}; thread {thread}]", file=sys.stderr,
+                  flush=True)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return lambda: jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def probe_config():
@@ -161,6 +198,7 @@ def run_probe(config, log) -> tuple[list[tuple[str, float]], dict]:
         jax.block_until_ready(result)
         phases.append((name, time.perf_counter() - start))
         print(f"  {name}: {phases[-1][1]:.1f} s, {log.count(name)} programs", file=sys.stderr, flush=True)
+        record("phase", phase=name, wall_s=round(phases[-1][1], 3), programs=log.count(name))
         return result
 
     data = phase("data", lambda: input_pipeline.prepare_data_source(config.data, config.data.data_dir))
@@ -274,6 +312,8 @@ def memory_table(config, batches: list[int]) -> list[tuple]:
         argument, output = analysis.argument_size_in_bytes, analysis.output_size_in_bytes
         alias, temp = analysis.alias_size_in_bytes, analysis.temp_size_in_bytes
         rows.append((per_device, argument, output, alias, temp, argument + output - alias + temp, seconds))
+        record("memory", per_device_batch=per_device, peak_estimate_gib=round(rows[-1][5] / 2**30, 4),
+               temp_gib=round(temp / 2**30, 4), compile_s=round(seconds, 3))
         print(f"  batch {per_device}: peak estimate {rows[-1][5] / 2**30:.2f} GiB (compiled in {seconds:.0f} s, "
               f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     return rows
@@ -349,37 +389,49 @@ def parts_table(config) -> None:
     image_shape = (int(config.data.image_size), int(config.data.image_size), channels)
     model = fld.create_fld_model(config.model, len(config.data.class_names), channels)
     batch = int(config.train.per_device_batch_size)
-    wanted = set(_PARTS_PROGRAMS.value or (*step_parts.PART_NAMES, "step"))
-    unknown = wanted - {*step_parts.PART_NAMES, "step"}
+    wanted = list(dict.fromkeys(_PARTS_PROGRAMS.value or (*step_parts.PART_NAMES, "step")))
+    unknown = set(wanted) - {*step_parts.PART_NAMES, "step"}
     if unknown:
         raise app.UsageError(f"--parts_programs: unknown {sorted(unknown)}; expected {step_parts.PART_NAMES} or step")
-    programs = {name: jax.jit(function).lower(*arguments)
-                for name, (function, arguments) in step_parts.step_parts(config, model, image_shape, batch).items()
-                if name in wanted}
+    parts = step_parts.step_parts(config, model, image_shape, batch)
     devices = jax.local_device_count()
-    if "step" in wanted:
-        programs["whole step (pmapped)"] = fresh_train_step(model, ml_collections.FrozenConfigDict(config)).lower(
+
+    def lower(name):
+        if name != "step":
+            function, arguments = parts[name]
+            return jax.jit(function).lower(*arguments)
+        return fresh_train_step(model, ml_collections.FrozenConfigDict(config)).lower(
             train.abstract_train_state(config, model, image_shape, 10),
             {"image": jax.ShapeDtypeStruct((devices, batch, *image_shape), jnp.float32),
              "label": jax.ShapeDtypeStruct((devices, batch), jnp.int32)})
-    print(f"load average {timing.load_average()}\n")
-    print("| program | StableHLO ops | kernels compiled | compile s |")
-    print("|---|---:|---:|---:|")
-    events_by_program = {}
-    for name, lowered in programs.items():
+
+    labels = {"step": "whole step (pmapped)"}
+    rows = []
+    for name in wanted:  # each lowered just before its compile, reported as soon as it is compiled
+        start = time.perf_counter()
+        lowered = lower(name)
+        lower_s = time.perf_counter() - start
         operations = stablehlo_size(lowered.as_text())[0]
-        wall, events_by_program[name] = step_parts.compile_trace_summary(lowered, top=None)
-        kernels = sum(count for event, _, count in events_by_program[name]
-                      if event == "FusionCompiler::Compile") or "-"
-        print(f"| {name} | {operations} | {kernels} | {wall:.1f} |", flush=True)
-    if "whole step (pmapped)" not in events_by_program:
-        return
-    print(f"\nthe whole step's compile, XLA's largest events (summed over its threads), load average "
-          f"{timing.load_average()}:\n")
-    print("| event | s | count |")
-    print("|---|---:|---:|")
-    for event, seconds, count in events_by_program["whole step (pmapped)"][:12]:
-        print(f"| {event} | {seconds:.1f} | {count} |")
+        wall, events = step_parts.compile_trace_summary(lowered, top=None)
+        kernels = sum(count for event, _, count in events if event == "FusionCompiler::Compile") or "-"
+        rows.append((labels.get(name, name), operations, kernels, lower_s, wall))
+        record("part", program=name, stablehlo_ops=operations, kernels=kernels, lower_s=round(lower_s, 3),
+               compile_s=round(wall, 3), events=[[event, round(seconds, 3), count]
+                                                 for event, seconds, count in events[:12]])
+        print(f"  part {name}: compiled in {wall:.1f} s ({kernels} kernels)", file=sys.stderr, flush=True)
+        print(f"### {labels.get(name, name)}: {operations} StableHLO ops, {kernels} kernels compiled, lowered in "
+              f"{lower_s:.1f} s, compiled in {wall:.1f} s (load average {timing.load_average()})\n")
+        print("XLA's largest compile events (summed over its threads):\n")
+        print("| event | s | count |")
+        print("|---|---:|---:|")
+        for event, seconds, count in events[:12]:
+            print(f"| {event} | {seconds:.1f} | {count} |")
+        print(flush=True)
+    print(f"load average {timing.load_average()}\n")
+    print("| program | StableHLO ops | kernels compiled | lowering s | compile s |")
+    print("|---|---:|---:|---:|---:|")
+    for label, operations, kernels, lower_s, wall in rows:
+        print(f"| {label} | {operations} | {kernels} | {lower_s:.1f} | {wall:.1f} |")
 
 
 def main(argv) -> None:
@@ -412,8 +464,12 @@ def main(argv) -> None:
         return
     if not _MEMORY_ONLY.value:
         with compile_log.CompileLog() as log:
+            undo = announce_compiles(log)
             start = time.perf_counter()
-            phases, built = run_probe(config, log)
+            try:
+                phases, built = run_probe(config, log)
+            finally:
+                undo()
             total = time.perf_counter() - start
         print(f"\nload average {timing.load_average()}; wall {total:.1f} s, {len(log.programs)} XLA programs, "
               f"{log.seconds():.1f} s lowering + compiling, {log.trace_s:.1f} s tracing\n")
