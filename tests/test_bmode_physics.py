@@ -132,6 +132,7 @@ def test_anatomy_floor_reports_the_test_split_and_needs_version_2():
     from flax_fld.runtime.config_files import load_config
 
     config = load_config("tiny")
+    config.data.simulator_version = 1
     with pytest.raises(ValueError, match="simulator_version=2"):
         shortcut_probes.fit_anatomy_probe(config.data)
     config.data.simulator_version = 2

@@ -99,7 +99,8 @@ def test_shift_report_covers_every_corruption_severity_and_the_other_site(tiny_v
 
 def test_only_simulator_version_2_has_another_site():
     config = load_config("tiny")
-    assert shift_eval.shifted_site_config(config.data) is None  # version 1
+    config.data.simulator_version = 1
+    assert shift_eval.shifted_site_config(config.data) is None
     config.data.simulator_version, config.data.simulator_site = 2, "B"
     assert shift_eval.shifted_site_config(config.data).simulator_site == "A"
     config.data.simulator_site = "all"
