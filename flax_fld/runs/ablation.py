@@ -208,8 +208,8 @@ def write_outputs(workdir: str, results: Sequence[Mapping[str, Any]], seeds: Seq
         plots.plot_robust_curves(curves, os.path.join(workdir, "robust_curves.png"))
     shift = tables.format_ablation_shift_table(results)
     if shift:
-        markdown += ("\n## Under scanner shift (test split: the other site's scanners; ten corruptions at five "
-                     "severities, mean)\n\n" + shift)
+        markdown += ("\n## On ten times as many test patients, and under scanner shift (the other site's "
+                     "scanners; ten corruptions at five severities, mean)\n\n" + shift)
     payload = {"command": command, "seeds": list(seeds), "results": list(results)}
     return (write_text_atomically(os.path.join(workdir, "ablation.md"), markdown),
             write_json_atomically(os.path.join(workdir, "ablation.json"), payload))
