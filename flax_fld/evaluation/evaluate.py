@@ -7,6 +7,9 @@ brings a split's logits to the host for eval.json's ``calibration`` (``flax_fld.
 Every example of the split is counted exactly once (the input pipeline pads the last batch and marks the
 padding with ``mask``); confusion matrices are summed over devices inside the pmapped step, and the reports
 have the fields of ``WORKDIR/eval.json`` (``metrics.class_report`` plus ``robust``, ``class_names``, ``split``).
+
+``ahead_of_time_jobs`` lists the programs a training run's evaluations will call, for
+``runtime.ahead_of_time`` to compile in a background thread before their first use (which waits for them).
 """
 
 import functools
@@ -23,6 +26,7 @@ from flax_fld.data import input_pipeline
 from flax_fld.evaluation import metrics, reliability
 from flax_fld.method import attack
 from flax_fld.models import fld
+from flax_fld.runtime import ahead_of_time
 
 
 def attack_name(adv_config: ml_collections.ConfigDict) -> str:
@@ -71,6 +75,26 @@ def eval_step(
     return lax.psum(clean, "batch"), lax.psum(adversarial, "batch")
 
 
+def attack_settings_of(adv_config: ml_collections.ConfigDict) -> tuple[float, int, float, bool]:
+    """``eval_step``'s ``attack_settings`` from ``config.adv``: ``(eval_epsilon, eval_steps, eval_step_size,
+    eval_through_decouplers)``."""
+    return (
+        float(adv_config.eval_epsilon),
+        int(adv_config.eval_steps),
+        float(adv_config.eval_step_size),
+        bool(adv_config.get("eval_through_decouplers", True)),
+    )
+
+
+def _eval_program(model: fld.FLDModel, robust: bool, attack_settings: tuple) -> tuple:
+    # The ahead_of_time key of _parallel_eval_step(model, robust, attack_settings).
+    return ("evaluate.eval_step", model, bool(robust), tuple(attack_settings))
+
+
+def _logits_program(model: fld.FLDModel) -> tuple:
+    return ("evaluate.logits_step", model)
+
+
 @functools.lru_cache(maxsize=16)
 def _parallel_eval_step(model: fld.FLDModel, robust: bool, attack_settings: tuple):
     # Cached per (model, attack) so that evaluating every epoch compiles once. Variables are broadcast
@@ -93,12 +117,8 @@ def confusion_matrices(
 
     ``on_batch(done)`` is called after each batch has been computed (a caller's progress line).
     """
-    settings = (
-        float(adv_config.eval_epsilon),
-        int(adv_config.eval_steps),
-        float(adv_config.eval_step_size),
-        bool(adv_config.get("eval_through_decouplers", True)),
-    )
+    settings = attack_settings_of(adv_config)
+    ahead_of_time.before_use(_eval_program(model, bool(robust), settings))  # compiled ahead: waits, if compiling
     step = _parallel_eval_step(model, bool(robust), settings)
     key = jax.random.key(seed)
     clean_total, robust_total = None, None
@@ -224,6 +244,7 @@ def split_logits(
         ``(logits float32 [N, K], labels int32 [N])``, N the split's size (the order is not the data set's:
         examples come grouped by device); ``softmax(logits)`` gives the probabilities.
     """
+    ahead_of_time.before_use(_logits_program(model))
     step = _parallel_logits_step(model)
     logits, labels = [], []
     for batch in _split_batches(config, data, split):
@@ -241,6 +262,7 @@ def array_logits(model: fld.FLDModel, variables: dict, images: np.ndarray, per_d
 
     For evaluations that transform a split on the host first (corruptions); padded to whole device batches.
     """
+    ahead_of_time.before_use(_logits_program(model))
     step = _parallel_logits_step(model)
     devices = jax.local_device_count()
     per_step = devices * int(per_device_batch_size)
@@ -326,3 +348,69 @@ def robust_curve(
                                             robust=True, seed=int(config.seed))
         curve[attack_name(adv)] = metrics.class_report(adversarial, class_names)
     return curve
+
+
+def ahead_of_time_jobs(
+    model: fld.FLDModel,
+    variables: dict,
+    config: ml_collections.ConfigDict,
+    image_shape: Sequence[int],
+    *,
+    validation_robust: bool,
+    test_report: bool = True,
+) -> list[tuple[tuple, Callable[[], Any]]]:
+    """A training run's evaluation programs as ``ahead_of_time.compile_in_background`` jobs, in the order they
+    are first needed: validation's ``eval_step`` (with PGD when ``validation_robust``), then with
+    ``test_report`` the test report's (``evaluate_split(robust=True, both_threat_models=True)``) and the
+    calibration's logits step.
+
+    Compiled from the shapes known at launch: an evaluation batch (``image float32 [local devices,
+    train.eval_batch_size, *image_shape]``, ``label int32``, ``mask bool``), the attack's key and ``variables``
+    (arrays or ``jax.ShapeDtypeStruct``s laid out as the calls will pass them, shardings included). After
+    validation's program, its job also runs ``confusion_matrices``' small eager operations once (the key's
+    fold-in, the sum of two batches' matrices), so that the first validation compiles nothing at all.
+    """
+    variables = ahead_of_time.abstract(variables)
+    shape = (jax.local_device_count(), int(config.train.eval_batch_size))
+    batch = {"image": jax.ShapeDtypeStruct(shape + tuple(image_shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct(shape, jnp.int32),
+             "mask": jax.ShapeDtypeStruct(shape, jnp.bool_)}
+    seed = int(config.seed)
+
+    def eval_job(robust: bool, settings: tuple, *, eager_too: bool):
+        def compile_program() -> None:
+            key = jax.eval_shape(lambda: jax.random.fold_in(jax.random.key(seed), 0))
+            compiled = _parallel_eval_step(model, robust, settings).lower(variables, batch, key).compile()
+            if eager_too:
+                _run_eager_operations(compiled, seed)
+        return _eval_program(model, robust, settings), compile_program
+
+    def logits_job():
+        def compile_program() -> None:
+            _parallel_logits_step(model).lower(variables, batch).compile()
+        return _logits_program(model), compile_program
+
+    configured = attack_settings_of(config.adv)
+    jobs = [eval_job(bool(validation_robust), configured, eager_too=True)]
+    if test_report:
+        jobs.append(eval_job(True, configured, eager_too=False))
+        if model.use_decouplers:
+            other = configured[:3] + (not configured[3],)
+            jobs.append(eval_job(True, other, eager_too=False))
+        jobs.append(logits_job())
+    unique = {}
+    for key, job in jobs:
+        unique.setdefault(key, job)  # validation's robust program is the test report's configured one
+    return list(unique.items())
+
+
+def _run_eager_operations(compiled: Any, seed: int) -> None:
+    # The same eager programs confusion_matrices runs around the step: its key, and one sum of two batches'
+    # confusion matrices (placed as the step returns them). Failures only leave them to the first validation.
+    try:
+        jax.random.fold_in(jax.random.key(seed), 0)
+        sharding, info = compiled.output_shardings[0], compiled.out_info[0]
+        zeros = jax.device_put(np.zeros(info.shape, info.dtype), sharding)
+        jax.block_until_ready(zeros + zeros)
+    except Exception:  # pylint: disable=broad-except
+        pass

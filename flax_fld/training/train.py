@@ -34,7 +34,7 @@ from flax_fld.method import calibration, objective
 from flax_fld.models import fld, pretrained
 from flax_fld.reporting import metric_writers, progress, report_fields, run_outputs, tables
 from flax_fld.robustness import shift_eval
-from flax_fld.runtime import distributed
+from flax_fld.runtime import ahead_of_time, distributed
 from flax_fld.training import checkpointing, compile_log, config_validation, epoch_end, optimizer, weight_averaging
 from flax_fld.training.train_state import TrainState, current_learning_rate
 
@@ -274,6 +274,31 @@ def compile_step_in_background(step_fn, config: ml_collections.ConfigDict, model
     return thread.join
 
 
+def compile_evaluation_in_background(end_epoch_fn, state: TrainState, config: ml_collections.ConfigDict,
+                                     model: fld.FLDModel, image_shape: tuple[int, int, int]) -> Callable[[], None]:
+    """Compiles the programs of the epochs' ends ahead of the first, in a thread: ``end_epoch_fn``
+    (``jitted_end_epoch``), then ``evaluate.ahead_of_time_jobs`` (validation's step, the test report's two
+    threat models, the calibration's logits). Started once the train step has compiled, it runs beside the
+    first epoch's steps instead of in front of the first validation.
+
+    From ``state``'s layout (the one the steps keep); a first use waits for its program while it compiles
+    (``ahead_of_time.before_use``). Returns ``finish`` (cancels what has not started, waits for the rest).
+    Single-process runs only, as ``compile_step_in_background``; ``FLAX_FLD_AHEAD_OF_TIME=0`` turns it off.
+    """
+    if jax.process_count() > 1 or not ahead_of_time.enabled():
+        return lambda: None
+    abstract_state = ahead_of_time.abstract(state)
+    jobs = [(end_epoch_program(config), lambda: end_epoch_fn.lower(abstract_state).compile())]
+    jobs += evaluate.ahead_of_time_jobs(model, {"params": state.params, "batch_stats": state.batch_stats}, config,
+                                        image_shape, validation_robust=bool(config.train.validate_robust))
+    return ahead_of_time.compile_in_background(jobs, name="compile_evaluation")
+
+
+def end_epoch_program(config: ml_collections.ConfigDict) -> tuple:
+    """The ``ahead_of_time`` key of ``jitted_end_epoch(config.adv)``."""
+    return ("train.end_epoch", ml_collections.FrozenConfigDict(config.adv))
+
+
 @functools.lru_cache(maxsize=8)
 def jitted_end_epoch(adv_config: ml_collections.FrozenConfigDict):
     """``end_epoch`` jitted with ``adv_config`` closed over (its floats become constants)."""
@@ -353,6 +378,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_iter.set_state(meta["iterator"])
         print(f"resuming {workdir} from step {int(state.step)} (epoch {int(state.epoch)})", flush=True)
     p_end_epoch = jitted_end_epoch(frozen_config.adv)
+    end_epoch_key = end_epoch_program(config)
+
+    def end_epoch_when_compiled(epoch_state: TrainState) -> TrainState:
+        ahead_of_time.before_use(end_epoch_key)  # waits while the background thread compiles it
+        return p_end_epoch(epoch_state)
     outputs = run_outputs.RunOutputs(
         workdir, info.class_names, total_steps=steps_per_epoch * num_epochs, initial_step=int(state.step),
         log_every=max(int(config.train.log_every_steps), 1), plot_every=int(config.train.plot_every_epochs),
@@ -363,14 +393,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "the first step compiles")
         wait_for_step_compile()
         outputs.say(compiles.summary(since=compiled_before))
+        # Validation's programs (and end_epoch) then compile in the background, beside the first epoch's steps.
+        finish_compiling_ahead = compile_evaluation_in_background(p_end_epoch, state, config, model,
+                                                                  info.image_shape)
+    else:
+        finish_compiling_ahead = lambda: None  # noqa: E731  # a finished run resumed: the test report only
 
     def validate(variables):
         return evaluate.evaluate_split(model, variables, config, data, split="validation",
                                        robust=bool(config.train.validate_robust),
                                        on_batch=progress.BatchProgress(outputs.say, "validation"))
 
-    closing = epoch_end.EpochEnd(config=config, end_epoch=p_end_epoch, validate=validate, replicate=replicate,
-                                 checkpointer=checkpointer, outputs=outputs)
+    closing = epoch_end.EpochEnd(config=config, end_epoch=end_epoch_when_compiled, validate=validate,
+                                 replicate=replicate, checkpointer=checkpointer, outputs=outputs)
     patience = int(config.train.get("early_stopping_patience", 0))
     try:
         for epoch in range(int(state.epoch) + 1, num_epochs + 1):
@@ -402,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             model, variables, config, data, path))
         return report
     finally:
+        finish_compiling_ahead()  # nothing left after a whole run; cancels the rest after an error
         wait_for_step_compile()  # a finished run resumed never waited for it
         checkpointer.wait()
         checkpointer.close()
