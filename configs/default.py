@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_examples = 1056  # synthetic only: images in train+validation+test (4x the paper's 264-image test split).
     # synthetic only: 2 is the physical B-mode simulator (flax_fld/data/datasets/bmode_physics.py), 1 the
     # earlier procedural one whose grade global image statistics read (kept for comparison).
-    data.simulator_version = 1
+    data.simulator_version = 2
     # synthetic version 2 only: whose scanners image the patients. A: 2-3.5 MHz, TGC presets 0.5/0.6
     # dB/cm/MHz; B: 3.5-5 MHz, presets 0.4/0.7 (the scanner-shift test: launch/eval.py --shift); all: both.
     data.simulator_site = "A"

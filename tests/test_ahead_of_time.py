@@ -34,7 +34,8 @@ def _forget_compiled_programs():
     jax.clear_caches()
 
 
-def test_a_first_use_waits_while_its_program_compiles_and_claims_one_still_queued():
+def test_a_first_use_waits_while_its_program_compiles_and_claims_one_still_queued(monkeypatch):
+    monkeypatch.setenv(ahead_of_time.ENV_VAR, "1")
     release, ran = threading.Event(), []
     first, second = ("test", "first", object()), ("test", "second", object())
 
@@ -58,6 +59,9 @@ def test_a_first_use_waits_while_its_program_compiles_and_claims_one_still_queue
 
 
 def test_a_failed_compile_leaves_the_program_to_its_first_use_and_the_switch_turns_it_off(monkeypatch):
+    monkeypatch.delenv(ahead_of_time.ENV_VAR, raising=False)
+    assert not ahead_of_time.enabled(), "off by default on the CPU backend: the compile would take the steps' cores"
+    monkeypatch.setenv(ahead_of_time.ENV_VAR, "1")
     failing = ("test", "failing", object())
 
     def fail():
