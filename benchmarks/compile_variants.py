@@ -34,16 +34,28 @@ from flax_fld.runtime.atomic_files import write_json_atomically  # noqa: E402  p
 
 PROGRAMS = ("step", "decouplers", "attack", "loss", "update")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (default configs/paper.py).")
-_PROGRAM = flags.DEFINE_enum("program", "step", PROGRAMS, "What to compile: the pmapped step or one part.")
-_OPTIONS = flags.DEFINE_string("options", "", "Compiler options: a gpu_compile_options spec ('' = XLA's defaults).")
-_NAME = flags.DEFINE_string("name", "", "The variant's label in the JSON and the log (default: --options).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Overrides data.image_size.")
-_BATCH = flags.DEFINE_integer("per_device_batch_size", None, "Overrides train.per_device_batch_size.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Overrides adv.num_steps (a fori_loop: no compile change).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls after the compile.")
-_CALLS = flags.DEFINE_integer("calls", 5, "Timed calls; their median is reported.")
-_OUT = flags.DEFINE_string("out", "", "JSON result file (written after the compile and after the calls).")
+# Flags are defined only when this file runs as a program: a test that imports it beside compile_probe
+# (which defines --config too) would otherwise meet absl's DuplicateFlagError.
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+    _FLAGS["config"] = config_flags.DEFINE_config_file("config", None,
+                                                       "Training config (default configs/paper.py).")
+    _FLAGS["program"] = flags.DEFINE_enum("program", "step", PROGRAMS,
+                                          "What to compile: the pmapped step or one part.")
+    _FLAGS["options"] = flags.DEFINE_string("options", "", "Compiler options: a gpu_compile_options spec "
+                                            "('' = XLA's defaults).")
+    _FLAGS["name"] = flags.DEFINE_string("name", "", "The variant's label in the JSON and the log "
+                                         "(default: --options).")
+    _FLAGS["image_size"] = flags.DEFINE_integer("image_size", None, "Overrides data.image_size.")
+    _FLAGS["batch"] = flags.DEFINE_integer("per_device_batch_size", None, "Overrides train.per_device_batch_size.")
+    _FLAGS["num_steps"] = flags.DEFINE_integer("num_steps", None,
+                                               "Overrides adv.num_steps (a fori_loop: no compile change).")
+    _FLAGS["warmup"] = flags.DEFINE_integer("warmup", 3, "Untimed calls after the compile.")
+    _FLAGS["calls"] = flags.DEFINE_integer("calls", 5, "Timed calls; their median is reported.")
+    _FLAGS["out"] = flags.DEFINE_string("out", "", "JSON result file (written after the compile and after the "
+                                        "calls).")
 
 
 def memory_summary(compiled) -> dict | None:
@@ -160,44 +172,46 @@ def main(argv) -> None:
     import jax  # pylint: disable=import-outside-toplevel
 
     jax.config.update("jax_enable_compilation_cache", False)  # JAX_COMPILATION_CACHE_DIR would serve a variant
-    config = _CONFIG.value
-    if _IMAGE_SIZE.value:
-        config.data.image_size = _IMAGE_SIZE.value
-    if _BATCH.value:
-        config.train.per_device_batch_size = _BATCH.value
-    if _NUM_STEPS.value:
-        config.adv.num_steps = _NUM_STEPS.value
-    name = _NAME.value or _OPTIONS.value or "default"
-    header = {"variant": name, "program": _PROGRAM.value, "device": f"{jax.devices()[0].device_kind} x "
+    config = _FLAGS["config"].value
+    if _FLAGS["image_size"].value:
+        config.data.image_size = _FLAGS["image_size"].value
+    if _FLAGS["batch"].value:
+        config.train.per_device_batch_size = _FLAGS["batch"].value
+    if _FLAGS["num_steps"].value:
+        config.adv.num_steps = _FLAGS["num_steps"].value
+    name = _FLAGS["name"].value or _FLAGS["options"].value or "default"
+    header = {"variant": name, "program": _FLAGS['program'].value, "device": f"{jax.devices()[0].device_kind} x "
               f"{jax.local_device_count()} ({jax.default_backend()})", "jax": jax.__version__,
               "image_size": int(config.data.image_size), "per_device_batch": int(config.train.per_device_batch_size),
               "icfdnet": str(config.model.icfdnet_preset), "classifier": str(config.model.classifier),
               "K": int(config.adv.num_steps), "load_average_start": os.getloadavg()[0]}
 
     def report(result: dict) -> None:
-        if _OUT.value:
-            write_json_atomically(_OUT.value, {**header, **result, "load_average": os.getloadavg()[0]})
+        if _FLAGS["out"].value:
+            write_json_atomically(_FLAGS["out"].value, {**header, **result, "load_average": os.getloadavg()[0]})
 
     def log(line: str) -> None:
-        print(f"compile_variants {_PROGRAM.value} {line}", file=sys.stderr, flush=True)
+        print(f"compile_variants {_FLAGS['program'].value} {line}", file=sys.stderr, flush=True)
 
     try:
-        options = gpu_compile_options.parse(_OPTIONS.value)
+        options = gpu_compile_options.parse(_FLAGS["options"].value)
     except ValueError as error:
         report({"status": "error", "error": str(error)})
         raise SystemExit(f"compile_variants: {error}") from None
     start = time.perf_counter()
-    lowered, make_arguments, advance = build(config, _PROGRAM.value)
+    lowered, make_arguments, advance = build(config, _FLAGS["program"].value)
     header["lower_s"] = round(time.perf_counter() - start, 3)
     log(f"lowered in {header['lower_s']:.1f} s; compiling with {options or 'XLA defaults'}")
-    result = measure_variants(lowered, make_arguments, {name: options}, log=log, warmup=_WARMUP.value,
-                              calls=_CALLS.value, advance=advance, report=report)[name]
+    result = measure_variants(lowered, make_arguments, {name: options}, log=log, warmup=_FLAGS["warmup"].value,
+                              calls=_FLAGS["calls"].value, advance=advance, report=report)[name]
     if "error" in result:
         report(result)
         sys.exit(3)
-    print(f"{name}: {_PROGRAM.value} compiled in {result['compile_s']:.1f} s, median of {result['calls']} calls "
-          f"{result['median_s']} s, peak estimate {(result['memory'] or {}).get('peak_estimate_gib')} GiB")
+    print(f"{name}: {_FLAGS['program'].value} compiled in {result['compile_s']:.1f} s, median of "
+          f"{result['calls']} calls {result['median_s']} s, "
+          f"peak estimate {(result['memory'] or {}).get('peak_estimate_gib')} GiB")
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.run_main(main, default_config="paper", compilation_cache=False)

@@ -61,7 +61,12 @@ FINAL_TOLERANCES = {"params": 2e-2, "batch_stats": 2e-2, "opt_state": 2e-2, "ave
 
 
 def tiny_config():
-    return config_files.load_config("tiny")
+    # Simulator version 1: how far two steps amplify the layouts' last-bit differences depends on the data's
+    # gradients, and FINAL_TOLERANCES were measured on version 1 (on version 2 one SGD trace of IC1's stem
+    # drifted 2.1e-2 once). The step-1 comparison, the tight one, holds on either.
+    config = config_files.load_config("tiny")
+    config.data.simulator_version = 1
+    return config
 
 
 def train_command(workdir: str, data_dir: str) -> list[str]:
@@ -71,7 +76,8 @@ def train_command(workdir: str, data_dir: str) -> list[str]:
     # a last-bit difference of g (measured: 4.8e-4 on one stem kernel entry once that kernel's gradient became
     # a matrix product), which would hide a real difference between the layouts behind a loose tolerance.
     return [sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={REPO}/configs/tiny.py",
-            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.train.per_device_batch_size=8",
+            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.data.simulator_version=1",
+            "--config.train.per_device_batch_size=8",
             "--config.train.eval_batch_size=4", "--config.train.num_grid_examples=0", "--config.optim.name=sgd"]
 
 
