@@ -17,14 +17,14 @@ Tissue properties (normal liver backscatter is the 0 dB reference):
 * Liver backscatter rises with fat by up to +11 dB and liver attenuation from 0.5 to 0.85 dB/cm/MHz, both on a
   mildly concave curve of the fat fraction (``fat_effect``). Backscatter: the quantitative-ultrasound
   backscatter coefficient rises by about an order of magnitude from no to marked steatosis (Lin et al.,
-  Clin Gastroenterol Hepatol 2015; Lin et al., Radiology 1988 "ultrasonic attenuation ... with pathologic
-  fat"). Attenuation: about 0.5 dB/cm/MHz in normal liver and 0.8-0.9 in marked steatosis (Lin, Ophir and
+  Clin Gastroenterol Hepatol 2015). Attenuation: about 0.5 dB/cm/MHz in normal liver and 0.8-0.9 in marked steatosis (Lin, Ophir and
   Potter, Ultrasound Med Biol 1988; controlled-attenuation / attenuation-imaging studies such as Ferraioli et
   al., Hepatology 2019, report grade cut-offs between these ends).
 * Renal cortex about 1 dB below normal liver (cortex iso- to slightly hypoechoic to normal liver), so the
-  hepatorenal index (liver over cortex grey level, same depth) follows from the backscatter rise: medians near
-  1.05 / 1.3 / 1.6 / 1.8 from normal to severe, in the range of the published cut-offs for any steatosis
-  (1.28, Marshall et al., AJR 2012; 1.49, Webb et al., AJR 2009). ``check_hepatorenal_index`` measures them.
+  hepatorenal index (liver over cortex grey level, same depth) follows from the backscatter rise: its medians
+  measure 1.19 / 1.30 / 1.55 / 1.78 from normal to severe at 64 px (targets near 1.05 / 1.3 / 1.6 / > 1.8),
+  around the published cut-offs for any steatosis (1.28, Marshall et al., AJR 2012; 1.49, Webb et al., AJR
+  2009); ``flax_fld/evaluation/shortcut_probes.py`` measures them (``launch/probe_simulator.py``).
 * Portal-vein walls are fixed specular reflectors about 10 dB above normal parenchyma: as the parenchyma
   brightens the wall contrast fades (no blur knob). The diaphragm is a strong reflector deep in the view: it
   fades when liver attenuation pushes its echo toward the electronic noise floor.
