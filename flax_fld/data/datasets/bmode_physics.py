@@ -19,7 +19,7 @@ Tissue properties (normal liver backscatter is the 0 dB reference):
   backscatter coefficient rises by about an order of magnitude from no to marked steatosis (Lin et al.,
   Clin Gastroenterol Hepatol 2015). Attenuation: about 0.5 dB/cm/MHz in normal liver and 0.8-0.9 in marked steatosis (Lin, Ophir and
   Potter, Ultrasound Med Biol 1988; controlled-attenuation / attenuation-imaging studies such as Ferraioli et
-  al., Hepatology 2019, report grade cut-offs between these ends).
+  al., 2019, report grade cut-offs between these ends).
 * Renal cortex about 1 dB below normal liver (cortex iso- to slightly hypoechoic to normal liver), so the
   hepatorenal index (liver over cortex grey level, same depth) follows from the backscatter rise: its medians
   measure 1.19 / 1.30 / 1.55 / 1.78 from normal to severe at 64 px (targets near 1.05 / 1.3 / 1.6 / > 1.8),
