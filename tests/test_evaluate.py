@@ -184,6 +184,14 @@ def test_launch_train_then_eval_command_lines(tiny, tmp_path):
     assert added == {f"pgd{config.adv.eval_steps}_linf_2/255"}
     assert {key: value for key, value in with_curve.items() if key != "robust"} == {
         key: value for key, value in eval_report.items() if key != "robust"}
+    # --shift adds eval.json's shift (the other site, the corruptions, the large test split) and keeps the rest.
+    shifted = _run(["launch/eval.py", f"--workdir={workdir}", "--shift"], REPO, cache_dir)
+    with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as handle:
+        with_shift = json.load(handle)
+    assert {"clean", "corruptions", "corruption_mean", "site", "large_test"} <= set(with_shift["shift"])
+    assert with_shift["shift"]["clean"]["per_class_accuracy"] == with_curve["per_class_accuracy"]
+    assert {key: value for key, value in with_shift.items() if key != "shift"} == with_curve
+    assert "site B scanners" in shifted.stdout
     bad = subprocess.run([sys.executable, "launch/eval.py", f"--workdir={workdir}", "--epsilons=two"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--epsilons=two" in bad.stderr.strip().splitlines()[-1]
