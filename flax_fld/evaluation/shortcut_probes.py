@@ -19,6 +19,7 @@ Images ``[N, H, W]`` in [0, 1]; the sector is where the image is not 0.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -229,7 +230,9 @@ def fit_anatomy_probe(data_config, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)) -> dict:
         features[split] = anatomical_cues(np.stack([s.image for s in scans]), np.stack([s.tissue for s in scans]))
         labels[split] = np.asarray([class_names.index(grade) for _, grade in entries])
     # Missing cues are filled from the training split's medians, with a 'missing' indicator column.
-    train_median = np.nanmedian(features["train"], axis=0)
+    with warnings.catch_warnings():  # a cue never in view (tiny images) has no median: it becomes 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        train_median = np.nan_to_num(np.nanmedian(features["train"], axis=0))
     prepared = {split: np.concatenate([np.where(np.isfinite(v), v, train_median[None]),
                                        ~np.isfinite(v)], axis=1).astype(np.float64)
                 for split, v in features.items()}

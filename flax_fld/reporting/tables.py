@@ -245,7 +245,7 @@ def format_shift(shift: Mapping[str, Any], method: str) -> str:
     rows = [("clean", shift["clean"])]
     if "site" in shift:
         rows.append((f"site {shift['site']['site']} scanners", shift["site"]))
-    rows.append(("corruptions, mean of 50", shift["corruption_mean"]))
+    rows.append((f"corruptions, mean of {shift['corruption_mean']['num_evaluations']}", shift["corruption_mean"]))
     if "large_test" in shift:
         rows.append((f"no shift, {shift['large_test']['num_examples']} new test patients", shift["large_test"]))
     for label, entry in rows:

@@ -6,7 +6,8 @@ for a trained model and its test split:
 - ``site``: the same test patients imaged by the other site's scanners (simulator version 2 only: a model
   trained at site A is tested at site B, whose frequencies and TGC presets it never saw; absent otherwise);
 - ``corruptions``: every corruption of ``corruptions.CORRUPTIONS`` at severities 1-5 on the test split;
-- ``corruption_mean``: per-class accuracy, Average and Best-Worst averaged over all corruptions and severities;
+- ``corruption_mean``: per-class accuracy and Average averaged over all corruptions and severities, and the
+  Best-Worst of those averaged per-class accuracies;
 - ``clean``: the uncorrupted test split through the same path, and each entry's ``drop`` from it (points of
   Average; positive = worse under shift);
 - ``large_test`` (simulator only, not a shift): ten times as many new test patients from the same site and
@@ -77,7 +78,7 @@ def shifted_site_config(data_config: ml_collections.ConfigDict) -> ml_collection
 
 
 def mean_over_corruptions(reports: dict[str, dict[str, dict]], class_names) -> dict:
-    """Per-class accuracy, Average and Best-Worst averaged over every corruption and severity."""
+    """Per-class accuracy and Average averaged over every corruption and severity; Best-Worst of the averages."""
     entries = [report for by_severity in reports.values() for report in by_severity.values()]
     per_class = {name: float(np.mean([entry["per_class_accuracy"][name] for entry in entries])) for name in class_names}
     values = list(per_class.values())

@@ -424,10 +424,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          on_batch=progress.BatchProgress(outputs.say, "test split"))
         report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
         if config.get("eval", {}).get("shift", False):
-            report["shift"] = shift_eval.evaluate_shift(model, variables, config, data, data_dir=data_dir,
-                                                        log=outputs.say)
-            outputs.say("test split under scanner shift:\n"
-                        + tables.format_shift(report["shift"], report_fields.method_name(config)))
+            try:  # an extra of the report: its failure (say, no disk for site B's data) keeps eval.json
+                report["shift"] = shift_eval.evaluate_shift(model, variables, config, data, data_dir=data_dir,
+                                                            log=outputs.say)
+                outputs.say("test split under scanner shift:\n"
+                            + tables.format_shift(report["shift"], report_fields.method_name(config)))
+            except (OSError, ValueError) as error:
+                outputs.say(f"WARNING: the shift evaluation failed ({error}); launch/eval.py --shift retries it")
         report["checkpoint"] = f"best checkpoint (epoch {best[1]['best_epoch']})" if best else "final state"
         report["epoch"] = int(best[1]["best_epoch"]) if best else num_epochs
         report["last_epoch"] = int(meta.get("epoch", num_epochs))  # earlier than num_epochs after early stopping
