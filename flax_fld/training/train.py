@@ -371,7 +371,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         workdir, keep=int(config.train.keep_checkpoints), async_save=bool(config.train.async_checkpointing)
     )
     meta = {"best_value": None, "best_epoch": None}
-    restored = checkpointer.restore(state, "latest")
+    try:
+        restored = checkpointer.restore(state, "latest")
+    except BaseException:
+        # A process that exits while XLA compiles the step in its thread aborts at shutdown ("terminate
+        # called ...") and buries the one-line error under a crash dump: let the compile end first.
+        wait_for_step_compile()
+        checkpointer.close()
+        raise
     if restored is not None:
         state, meta = restored
         checkpointer.complete_best(state, meta)
