@@ -50,3 +50,35 @@ def pytest_make_collect_report(collector):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     _fail_skip(outcome.get_result())
+
+
+# FLAX_FLD_TEST_COMPILE_REPORT=DIR: every test's XLA programs (compiled, and loaded from the persistent cache)
+# and wall seconds, one JSON line per test in DIR/<worker>.jsonl; `python tests/compile_report.py DIR` ranks
+# them. Where the suite's time goes is mostly compiling, and which test pays for which program is the map for
+# sharing compiled programs between tests.
+_COMPILE_REPORT_DIR = os.environ.get("FLAX_FLD_TEST_COMPILE_REPORT", "")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not _COMPILE_REPORT_DIR:
+        yield
+        return
+    import json
+    import time
+
+    from flax_fld.training import compile_log
+
+    log = compile_log.process_log()
+    before, start = len(log.programs), time.perf_counter()
+    yield
+    programs = log.programs[before:]
+    fresh = [p for p in programs if not p.cached]
+    record = {"test": item.nodeid, "seconds": round(time.perf_counter() - start, 3),
+              "compiled": len(fresh), "compile_s": round(sum(p.compile_s + p.lower_s for p in fresh), 3),
+              "cached": len(programs) - len(fresh),
+              "programs": sorted({p.name for p in fresh})}
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    os.makedirs(_COMPILE_REPORT_DIR, exist_ok=True)
+    with open(os.path.join(_COMPILE_REPORT_DIR, f"{worker}.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")

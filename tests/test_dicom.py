@@ -20,7 +20,7 @@ from pydicom.uid import JPEGLSLossless
 from flax_fld.data import input_pipeline
 from flax_fld.data.datasets import base, class_folders, dicom_files
 from flax_fld.evaluation import metrics
-from flax_fld.reporting import tables
+from flax_fld.reporting import metric_writers, tables
 from flax_fld.runs import predict
 from flax_fld.runtime.config_files import load_config
 from flax_fld.tools import preview
@@ -473,10 +473,18 @@ def test_a_dicom_class_folder_trains_previews_and_predict_grades_a_dcm(tmp_path,
     config.train.num_epochs = 1
     workdir = str(tmp_path / "run")
     report = train.train_and_evaluate(config, workdir)
+    last_lines = capsys.readouterr().out.rstrip().splitlines()[-2:]
     info = input_pipeline.prepare_data_source(config.data, config.data.data_dir).info
     assert info.class_names == ("fatty", "normal") and sum(info.num_examples.values()) == 2 * 4 * 2 * 4
     assert sum(map(sum, report["confusion_matrix"])) == info.num_examples["test"]
     assert os.path.exists(os.path.join(workdir, "split_assignment.csv"))
+    # Where the run's time went: every phase once in metrics.jsonl, summing to the total, and the last line.
+    (seconds,) = [record for record in metric_writers.read_metrics(workdir) if record["kind"] == "time"]
+    phases = {key: value for key, value in seconds.items() if key not in ("kind", "step", "total")}
+    assert set(phases) == {"data", "setup", "compile", "training", "validation", "checkpoints", "plots",
+                           "test report", "other"}
+    assert abs(sum(phases.values()) - seconds["total"]) < 0.01 and seconds["training"] > 0
+    assert last_lines[0].startswith("time by phase: data ") and " XLA programs compiled (" in last_lines[1]
 
     out, class_names = preview.save_preview(config, config.data.data_dir, str(tmp_path / "preview.png"),
                                             per_class=2)

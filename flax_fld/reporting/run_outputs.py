@@ -16,7 +16,7 @@ import numpy as np
 
 from flax_fld.data import input_pipeline
 from flax_fld.models import fld
-from flax_fld.reporting import metric_writers, plots, report_fields, tables
+from flax_fld.reporting import metric_writers, phase_clock, plots, report_fields, tables
 from flax_fld.runtime import atomic_files
 
 
@@ -29,11 +29,14 @@ class RunOutputs:
         total_steps, initial_step, log_every: for the progress line with its ETA.
         plot_every: redraw the per-class curves every this many epochs (0: only at the end).
         active: whether this process writes (process 0).
+        clock: the run's ``PhaseClock`` (plots count as ``plots``); a fresh one when not given.
     """
 
     def __init__(self, workdir: str, class_names: Sequence[str], *, total_steps: int, initial_step: int,
-                 log_every: int, plot_every: int, active: bool) -> None:
+                 log_every: int, plot_every: int, active: bool,
+                 clock: phase_clock.PhaseClock | None = None) -> None:
         self.workdir, self.class_names, self.active = workdir, tuple(class_names), active
+        self.clock = clock or phase_clock.PhaseClock()
         self.plot_every = int(plot_every)
         self.plots_dir = os.path.join(workdir, "plots")
         self.writer = None
@@ -61,7 +64,8 @@ class RunOutputs:
         self.writer.write("epoch", step, record)
         print(line, flush=True)
         if self.plot_every > 0 and record["epoch"] % self.plot_every == 0:
-            plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
+            with self.clock.phase("plots"):
+                plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
 
     def unsettled_classes(self) -> list[str]:
         """Classes whose validation accuracy (metrics.jsonl) fell from >= 50 % to 0 late; [] where inactive."""
@@ -83,9 +87,10 @@ class RunOutputs:
         self.writer.write("eval", step, {"epoch": int(config.train.num_epochs), "test_average": report["average"],
                                          "test_best_worst": report["best_worst"],
                                          "test_balanced_accuracy": report["balanced_accuracy"]})
-        table = write_report(self.workdir, report, config)
-        plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
-        decoupling_grid(os.path.join(self.plots_dir, "decoupling_grid.png"))
+        with self.clock.phase("plots"):
+            table = write_report(self.workdir, report, config)
+            plots.plot_class_curves(metric_writers.read_metrics(self.workdir), self.class_names, self.plots_dir)
+            decoupling_grid(os.path.join(self.plots_dir, "decoupling_grid.png"))
         print(f"\ntest split, {report['checkpoint']}:\n{table}", flush=True)
         warning = report_fields.collapse_warning(report)
         if report["unsettled_classes"]:
@@ -93,6 +98,14 @@ class RunOutputs:
                         ">= 50 % to 0 within the last 3 epochs: train longer or lower the learning rate")
         if warning.strip():
             print(warning.strip(), flush=True)
+
+    def time_by_phase(self, step: int, compiled: str = "") -> None:
+        """The run's wall time per phase: a ``time`` record in metrics.jsonl and the console's last lines
+        (``compiled``: the compile log's summary of the run, in whatever thread and phase it compiled)."""
+        if not self.active:
+            return
+        self.writer.write("time", step, self.clock.seconds())
+        print(self.clock.line() + (f"\n{compiled}" if compiled else ""), flush=True)
 
     def close(self) -> None:
         if self.writer is not None:

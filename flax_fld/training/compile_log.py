@@ -92,14 +92,15 @@ class CompileLog:
         """Compile (or cache-load) plus lowering seconds of the recorded programs."""
         return sum(p.compile_s + p.lower_s for p in self.programs if phase is None or p.phase == phase)
 
-    def summary(self, since: int = 0) -> str:
+    def summary(self, since: int = 0, so_far: bool = True) -> str:
         """One line about the programs recorded from the ``since``-th on, e.g. ``4 XLA programs compiled so
-        far (21.3 s lowering + compiling; 1 from the persistent cache)``."""
+        far (21.3 s lowering + compiling; 1 from the persistent cache)`` (without "so far": ``so_far=False``)."""
         programs = self.programs[since:]
         seconds = sum(program.compile_s + program.lower_s for program in programs)
         hits = sum(program.cached for program in programs)
         cached = f"; {hits} from the persistent cache" if hits else ""
-        return f"{len(programs)} XLA programs compiled so far ({seconds:.1f} s lowering + compiling{cached})"
+        when = " so far" if so_far else ""
+        return f"{len(programs)} XLA programs compiled{when} ({seconds:.1f} s lowering + compiling{cached})"
 
 
 _PROCESS_LOG: Optional[CompileLog] = None

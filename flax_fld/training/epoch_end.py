@@ -116,8 +116,9 @@ def finish_epoch(state: TrainState, run: EpochEnd, *, epoch: int, train_means: d
     if stop:
         outputs.say(f"early stopping after epoch {epoch}: no better validation {config.train.best_metric} in "
                     f"{epoch - meta['best_epoch']} epochs (best: epoch {meta['best_epoch']})")
-    if is_best:
-        checkpointer.save(state, meta, best=True)
-    if epoch % int(config.train.checkpoint_every_epochs) == 0 or epoch == int(config.train.num_epochs) or stop:
-        checkpointer.save(state, meta)
+    with outputs.clock.phase("checkpoints"):
+        if is_best:
+            checkpointer.save(state, meta, best=True)
+        if epoch % int(config.train.checkpoint_every_epochs) == 0 or epoch == int(config.train.num_epochs) or stop:
+            checkpointer.save(state, meta)
     return state, meta

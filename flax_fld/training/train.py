@@ -32,7 +32,7 @@ from flax_fld.data import input_pipeline
 from flax_fld.evaluation import evaluate
 from flax_fld.method import calibration, objective
 from flax_fld.models import fld, pretrained
-from flax_fld.reporting import metric_writers, progress, report_fields, run_outputs, tables
+from flax_fld.reporting import metric_writers, phase_clock, progress, report_fields, run_outputs, tables
 from flax_fld.robustness import shift_eval
 from flax_fld.runtime import ahead_of_time, distributed
 from flax_fld.training import checkpointing, compile_log, config_validation, epoch_end, optimizer, weight_averaging
@@ -340,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns the eval.json content (test split, best checkpoint).
     """
     config_validation.validate_config(config)  # before any data preparation or compilation
+    clock = phase_clock.PhaseClock()
     compiles, compiled_before = compile_log.process_log(), len(compile_log.process_log().programs)
     workdir = os.path.abspath(workdir)
     changes = checkpointing.config_changes(workdir, config)
@@ -350,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     data_dir = input_pipeline.resolve_data_dir(config.data, workdir)
     # Several processes on one file system: process 0 builds the data set, the others then find it ready.
-    data = distributed.main_process_first(lambda: input_pipeline.prepare_data_source(config.data, data_dir))
+    with clock.phase("data"):
+        data = distributed.main_process_first(lambda: input_pipeline.prepare_data_source(config.data, data_dir))
     info = data.info
     model = fld.create_fld_model(config.model, len(info.class_names), info.image_shape[-1])
     train_iter = input_pipeline.TrainIterator(
@@ -364,8 +366,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # The step's compile (the longest before the first step) runs beside the state's init and the setup.
     wait_for_step_compile = compile_step_in_background(p_train_step, config, model, info.image_shape,
                                                        steps_per_epoch)
-    state = create_train_state(config, model, info.image_shape, jax.random.key(int(config.seed)), steps_per_epoch)
-    state = replicate(state)
+    with clock.phase("setup"):  # the initial state's programs, beside the step's compile
+        state = create_train_state(config, model, info.image_shape, jax.random.key(int(config.seed)),
+                                   steps_per_epoch)
+        state = replicate(state)
     checkpointing.write_run_files(workdir, config, info)
     checkpointer = checkpointing.Checkpointer(
         workdir, keep=int(config.train.keep_checkpoints), async_save=bool(config.train.async_checkpointing)
@@ -393,12 +397,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outputs = run_outputs.RunOutputs(
         workdir, info.class_names, total_steps=steps_per_epoch * num_epochs, initial_step=int(state.step),
         log_every=max(int(config.train.log_every_steps), 1), plot_every=int(config.train.plot_every_epochs),
-        active=jax.process_index() == 0)
+        active=jax.process_index() == 0, clock=clock)
     if int(state.epoch) < num_epochs:
         outputs.say(f"training {report_fields.method_name(config)}: {num_epochs} epochs x {steps_per_epoch} steps, "
                     f"global batch {config.train.per_device_batch_size * jax.device_count()}; "
                     "the first step compiles")
-        wait_for_step_compile()
+        with clock.phase("compile"):  # what the step's compile adds after the setup it overlapped
+            wait_for_step_compile()
         outputs.say(compiles.summary(since=compiled_before))
         # Validation's programs (and end_epoch) then compile in the background, beside the first epoch's steps.
         finish_compiling_ahead = compile_evaluation_in_background(p_end_epoch, state, config, model,
@@ -407,9 +412,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         finish_compiling_ahead = lambda: None  # noqa: E731  # a finished run resumed: the test report only
 
     def validate(variables):
-        return evaluate.evaluate_split(model, variables, config, data, split="validation",
-                                       robust=bool(config.train.validate_robust),
-                                       on_batch=progress.BatchProgress(outputs.say, "validation"))
+        with clock.phase("validation"):
+            return evaluate.evaluate_split(model, variables, config, data, split="validation",
+                                                 robust=bool(config.train.validate_robust),
+                                           on_batch=progress.BatchProgress(outputs.say, "validation"))
 
     closing = epoch_end.EpochEnd(config=config, end_epoch=end_epoch_when_compiled, validate=validate,
                                  replicate=replicate, checkpointer=checkpointer, outputs=outputs)
@@ -418,22 +424,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for epoch in range(int(state.epoch) + 1, num_epochs + 1):
             if epoch_end.patience_ran_out(epoch - 1, meta.get("best_epoch"), patience):
                 break  # a resumed run that had already stopped early
-            state, train_means = train_epoch(state, p_train_step, train_iter, epoch=epoch,
-                                             log_every=outputs.progress.every_steps, outputs=outputs)
+            with clock.phase("training"):
+                state, train_means = train_epoch(state, p_train_step, train_iter, epoch=epoch,
+                                                 log_every=outputs.progress.every_steps, outputs=outputs)
             state, meta = epoch_end.finish_epoch(state, closing, epoch=epoch, train_means=train_means, meta=meta,
                                                  iterator_state=train_iter.get_state())
         checkpointer.wait()
         best = checkpointer.restore(state, "best")
         final_state = best[0] if best else state
         variables = final_state.inference_variables()
-        report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True,
-                                         both_threat_models=True,
-                                         on_batch=progress.BatchProgress(outputs.say, "test split"))
-        report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
+        with clock.phase("test report"):
+            report = evaluate.evaluate_split(model, variables, config, data, split="test", robust=True,
+                                             both_threat_models=True,
+                                             on_batch=progress.BatchProgress(outputs.say, "test split"))
+            report["calibration"] = evaluate.calibration_report(model, variables, config, data, split="test")
         if config.get("eval", {}).get("shift", False):
             try:  # an extra of the report: its failure (say, no disk for site B's data) keeps eval.json
-                report["shift"] = shift_eval.evaluate_shift(model, variables, config, data, data_dir=data_dir,
-                                                            log=outputs.say)
+                with clock.phase("scanner shift"):
+                    report["shift"] = shift_eval.evaluate_shift(model, variables, config, data, data_dir=data_dir,
+                                                                log=outputs.say)
                 outputs.say("test split under scanner shift:\n"
                             + tables.format_shift(report["shift"], report_fields.method_name(config)))
             except (OSError, ValueError) as error:
@@ -445,6 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         report["unsettled_classes"] = outputs.unsettled_classes()
         outputs.test_report(int(state.step), report, config, lambda path: run_outputs.plot_decoupling_examples(
             model, variables, config, data, path))
+        outputs.time_by_phase(int(state.step), compiles.summary(since=compiled_before, so_far=False))
         return report
     finally:
         finish_compiling_ahead()  # nothing left after a whole run; cancels the rest after an error
