@@ -4,11 +4,14 @@ The state_dicts come from randomly initialised torchvision models (no download),
 statistics so that a mistake in the statistics mapping shows.
 """
 
+import functools
+
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
+from model_helpers import synthetic_variables
 from torch_helpers import torch_or_skip, torchvision_models
 
 from flax_fld.models import fld, get_classifier, pretrained
@@ -40,10 +43,21 @@ def _state_dict(model) -> dict[str, np.ndarray]:
 
 
 def _ours(name: str, num_classes: int, channels: int, state_dict) -> tuple:
+    """(module, loaded variables, fresh paths, the variables passed in as the fresh initialisation).
+
+    torchvision_params only reads the fresh variables' shapes and copies the values it keeps, so numpy-filled
+    ones stand in for `module.init`, which run eagerly compiles hundreds of one-op programs (the trainer's
+    real init path is test_create_train_state_starts_the_classifier_from_a_pth's).
+    """
     module = get_classifier(name, num_classes)
-    fresh_variables = module.init(jax.random.key(1), jnp.zeros((1, SIZE, SIZE, channels)), train=False)
+    fresh_variables = synthetic_variables(module, (1, SIZE, SIZE, channels), seed=1)
     variables, fresh = pretrained.torchvision_params(state_dict, name, fresh_variables)
-    return module, variables, fresh
+    return module, variables, fresh, fresh_variables
+
+
+def _logits(module, variables, images: np.ndarray) -> np.ndarray:
+    # One program for the forward pass: run eagerly, each layer's ops would compile one by one.
+    return np.asarray(jax.jit(functools.partial(module.apply, train=False))(variables, images))
 
 
 def _torch_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
@@ -55,10 +69,10 @@ def _torch_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1"])
 def test_our_model_gives_torchvision_logits_on_rgb(name):
     reference = _torchvision_model(name)
-    module, variables, fresh = _ours(name, 1000, 3, _state_dict(reference))
+    module, variables, fresh, _ = _ours(name, 1000, 3, _state_dict(reference))
     assert fresh == []  # every parameter and statistic came from the file
     images = np.random.default_rng(0).uniform(size=(2, SIZE, SIZE, 3)).astype(np.float32)
-    ours = np.asarray(module.apply(variables, images, train=False))
+    ours = _logits(module, variables, images)
     expected = _torch_logits(reference, images)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
@@ -66,9 +80,9 @@ def test_our_model_gives_torchvision_logits_on_rgb(name):
 def test_first_convolution_is_adapted_to_the_channel_count():
     """An 11-channel input whose channels all equal a gray image responds as that gray image in RGB."""
     reference = _torchvision_model("resnet18")
-    module, variables, _ = _ours("resnet18", 1000, 11, _state_dict(reference))
+    module, variables, _, _ = _ours("resnet18", 1000, 11, _state_dict(reference))
     gray = np.random.default_rng(1).uniform(size=(2, SIZE, SIZE, 1)).astype(np.float32)
-    ours = np.asarray(module.apply(variables, np.repeat(gray, 11, axis=-1), train=False))
+    ours = _logits(module, variables, np.repeat(gray, 11, axis=-1))
     expected = _torch_logits(reference, np.repeat(gray, 3, axis=-1))
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
@@ -79,8 +93,11 @@ def test_first_convolution_is_adapted_to_the_channel_count():
 ])
 def test_a_new_head_keeps_its_initialisation(name, kept_fresh):
     state_dict = _state_dict(_torchvision_model(name))
-    _, variables, fresh = _ours(name, 4, 11, state_dict)
+    _, variables, fresh, fresh_variables = _ours(name, 4, 11, state_dict)
     assert set(fresh) == kept_fresh
+    kept, given = (traverse_util.flatten_dict(tree, sep="/") for tree in (variables, fresh_variables))
+    for path in kept_fresh:
+        np.testing.assert_array_equal(kept[path], given[path])
     stem = variables["params"]["stem_conv"] if name == "resnet18" else variables["params"]["stem"]["conv"]
     rgb_kernel = state_dict["conv1.weight" if name == "resnet18" else "features.0.weight"]
     np.testing.assert_allclose(stem["kernel"], pretrained.conv_kernel(rgb_kernel, 11), rtol=1e-6)
@@ -88,7 +105,7 @@ def test_a_new_head_keeps_its_initialisation(name, kept_fresh):
 
 def test_attention_variants_load_the_backbone_and_keep_their_gates_fresh():
     state_dict = _state_dict(_torchvision_model("resnet18"))
-    _, variables, fresh = _ours("cbam_resnet18", 4, 11, state_dict)
+    _, variables, fresh, _ = _ours("cbam_resnet18", 4, 11, state_dict)
     assert fresh and all("/cbam/" in path or "/fc/" in path for path in fresh)
     np.testing.assert_array_equal(variables["params"]["layer1_block0"]["conv1"]["kernel"],
                                   state_dict["layer1.0.conv1.weight"].transpose(2, 3, 1, 0))
@@ -97,15 +114,13 @@ def test_attention_variants_load_the_backbone_and_keep_their_gates_fresh():
 def test_bad_files_and_settings_give_one_line():
     with pytest.raises(ValueError, match="no such file"):
         pretrained.load_state_dict("/nonexistent/resnet18.pth")
-    squeezenet = get_classifier("squeezenet1_1", 4, batch_norm=True)
-    bn_variables = squeezenet.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+    bn_variables = synthetic_variables(get_classifier("squeezenet1_1", 4, batch_norm=True), (1, SIZE, SIZE, 3))
     with pytest.raises(ValueError, match="squeezenet_batch_norm=False"):
         pretrained.torchvision_params(_state_dict(_torchvision_model("squeezenet1_1")), "squeezenet1_1",
                                       bn_variables)
     with pytest.raises(ValueError, match="no resnet18 weights"):
         pretrained.torchvision_params(_state_dict(_torchvision_model("squeezenet1_1")), "resnet18",
-                                      get_classifier("resnet18", 4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                                                         train=False))
+                                      synthetic_variables(get_classifier("resnet18", 4), (1, 32, 32, 3)))
 
 
 def test_a_truncated_pth_is_refused_with_its_path(tmp_path):

@@ -4,6 +4,8 @@ SqueezeNet's BatchNorm, GroupNorm decouplers, feature standardisation, detached 
 adversarial training (``adv.start_epoch``), best-epoch tie-breaking and the collapse report.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from model_helpers import synthetic_variables
+from model_helpers import synthetic_fld_variables, synthetic_variables
 
 from flax_fld.evaluation import metrics
 from flax_fld.method import objective
@@ -48,25 +50,34 @@ def test_squeezenet_batch_norm_adds_statistics_and_drops_conv_biases():
 def test_squeezenet_batch_norm_train_mode_uses_batch_statistics():
     model = get_classifier("squeezenet1_1", CLASSES, batch_norm=True, dropout_rate=0.0)
     variables = synthetic_variables(model, (1, SIZE, SIZE, 3))
-    x = jax.random.uniform(jax.random.key(1), (4, SIZE, SIZE, 3)) * 5.0 + 3.0
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    @jax.jit  # one program, not one per operation of every layer
+    def train_pass(variables):
+        x = jax.random.uniform(jax.random.key(1), (4, SIZE, SIZE, 3)) * 5.0 + 3.0
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    logits, updates = train_pass(variables)
     assert logits.shape == (4, CLASSES)
-    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), updates["batch_stats"],
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), updates["batch_stats"],
                          variables["batch_stats"])
     assert max(jax.tree.leaves(moved)) > 0.1
 
 
 def test_group_norm_decoupler_has_no_batch_statistics_and_train_equals_eval():
     model = ICFDNet(features=2, head="reconstruct", **dict(icfdnet_preset("tiny"), norm="group"))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)), train=False)
+    variables = synthetic_variables(model, (1, SIZE, SIZE, 1))  # init's own tree (traced, not compiled)
     assert "batch_stats" not in variables
-    x = jax.random.uniform(jax.random.key(1), (3, SIZE, SIZE, 1))
-    train_out = model.apply(variables, x, train=True)
-    eval_out = model.apply(variables, x, train=False)
+
+    @jax.jit  # one program, not one per operation of every layer
+    def train_and_eval(variables):
+        x = jax.random.uniform(jax.random.key(1), (3, SIZE, SIZE, 1))
+        return model.apply(variables, x, train=True), model.apply(variables, x, train=False)
+
+    train_out, eval_out = train_and_eval(variables)
     chex.assert_trees_all_close(train_out, eval_out, atol=1e-6)
-    with pytest.raises(ValueError, match="norm='layer'"):
-        ICFDNet(features=2, norm="layer", **icfdnet_preset("tiny")).init(
-            jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)), train=False)
+    with pytest.raises(ValueError, match="norm='layer'"):  # refused while tracing init: nothing to compile
+        jax.eval_shape(lambda: ICFDNet(features=2, norm="layer", **icfdnet_preset("tiny")).init(
+            jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)), train=False))
 
 
 class StandardizeTest(chex.TestCase):
@@ -91,16 +102,23 @@ def _model(**overrides) -> fld.FLDModel:
     return fld.create_fld_model(config, CLASSES, image_channels=1)
 
 
+@functools.lru_cache(maxsize=1)
+def _fld_variables() -> dict:
+    """Numpy-filled variables of ``_model``, with or without detach_features and standardize_features (neither
+    changes a variable): these tests need values, not init, whose compile would dominate the file (test_fld
+    tests init)."""
+    return synthetic_fld_variables(_model(), (SIZE, SIZE, 1))
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_detach_features_stops_the_classifier_loss_at_the_decouplers(detach):
     model = _model(detach_features=detach, standardize_features=True)
-    variables = fld.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
-    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
-    labels = jnp.asarray([0, 3])
+    variables = _fld_variables()
+    labels = np.asarray([0, 3], np.int32)
     config = _default_config()
     config.loss.l1 = config.loss.l2 = 0.0  # the classifier's loss alone (Lat), not Lc or Ls
 
-    def classifier_loss(params):
+    def classifier_loss(params, images):
         decoupled, _ = fld.decouple(model, {"params": params, "batch_stats": variables["batch_stats"]}, images,
                                     train=True)
         batch = objective.LossBatch(images, labels, images, jnp.full((CLASSES,), 0.5),
@@ -109,23 +127,30 @@ def test_detach_features_stops_the_classifier_loss_at_the_decouplers(detach):
                                           config.loss.charbonnier_xi, end_to_end=True)
         return objective.fld_loss(params, decoupled, variables["batch_stats"], batch, settings)[0]
 
-    grads = jax.jit(jax.grad(classifier_loss))(variables["params"])  # one compile, not one per op
-    ic_norm = float(optax.tree.norm(grads["ic1"])) + float(optax.tree.norm(grads["ic2"]))
+    @jax.jit  # one compile, not one per op (eager norms compile a program per parameter shape)
+    def gradient_norms(params):
+        images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
+        grads = jax.grad(classifier_loss)(params, images)
+        return {name: optax.tree.norm(grads[name]) for name in ("ic1", "ic2", "classifier")}
+
+    norms = gradient_norms(variables["params"])
+    ic_norm = float(norms["ic1"]) + float(norms["ic2"])
     assert (ic_norm == 0.0) == detach
-    assert float(optax.tree.norm(grads["classifier"])) > 0.0
+    assert float(norms["classifier"]) > 0.0
 
 
 def test_an_attacker_differentiates_through_detached_features():
     """detach_features is about training; the end-to-end attack's image gradient is the same with it on."""
-    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
-    gradients = []
-    for detach in (False, True):
-        model = _model(detach_features=detach, standardize_features=True)
-        variables = fld.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))
+    @functools.partial(jax.jit, static_argnums=0)  # one compile per model, not one per op
+    def image_gradient(model, variables):
+        images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
         logits_fn = fld.attack_logits_fn(model, variables, fld.Decoupled(None, None, None, None), end_to_end=True)
-        gradients.append(jax.jit(jax.grad(lambda x: jnp.sum(logits_fn(x)[:, 0])))(images))  # noqa: B023
+        return jax.grad(lambda x: jnp.sum(logits_fn(x)[:, 0]))(images)
+
+    gradients = [np.asarray(image_gradient(_model(detach_features=detach, standardize_features=True),
+                                           _fld_variables())) for detach in (False, True)]
     np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-5, atol=1e-7)
-    assert float(jnp.max(jnp.abs(gradients[1]))) > 0.0
+    assert float(np.max(np.abs(gradients[1]))) > 0.0
 
 
 def test_create_fld_model_reads_the_new_keys_with_defaults():
