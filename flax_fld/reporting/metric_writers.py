@@ -1,7 +1,7 @@
 """Training logs: a JSON-lines file, TensorBoard event files, a finiteness guard and a console progress line.
 
 The JSON-lines file (``WORKDIR/metrics.jsonl``) is the source of truth: every record is one flat JSON object
-``{"kind": "train" | "epoch" | "eval", "step": int, ...}`` whose values are scalars or lists of floats (the
+``{"kind": "train" | "epoch" | "eval" | "time", "step": int, ...}`` whose values are scalars or lists of floats (the
 per-class ``[K]`` arrays such as ``class_epsilon``). Plots and reports are made from it with
 :func:`read_metrics`, so they never depend on TensorBoard. TensorBoard gets the same scalars, and each
 per-class list as one scalar per class (``<kind>/<name>/<class>``).
