@@ -126,6 +126,12 @@ def paired_decouple(ic1: ICFDNet, ic2: ICFDNet, params1: dict, params2: dict,
                          f"heads ('class', 'reconstruct'); got norms {ic1.norm!r}/{ic2.norm!r}, heads "
                          f"{ic1.head!r}/{ic2.head!r}")
     ic1.check_attributes()
+    with jax.named_scope("ICFDNet"):  # the name ``ic1.apply`` gives its ops, so profiles attribute these to IC1/IC2
+        return _paired_forward(ic1, params1, params2, x)
+
+
+def _paired_forward(ic1: ICFDNet, params1: dict, params2: dict,
+                    x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     encoded, parts = [], [(x, True)]
     for level in range(len(ic1.widths)):
         if level > 0:
