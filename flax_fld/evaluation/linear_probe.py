@@ -9,6 +9,7 @@ validation balanced accuracy is kept and the test split is reported in the field
 ``flax_fld.evaluation.texture_features`` (histogram, GLCM, gradients), the classical baseline of ultrasound grading.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,24 +32,29 @@ def logistic_loss(params: dict, features: jax.Array, labels: jax.Array, l2: floa
 
 def train_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
                               num_steps: int = 200) -> dict:
-    """Full-batch L-BFGS on ``logistic_loss`` from zero weights (convex: the start does not matter)."""
-    features, labels = jnp.asarray(features), jnp.asarray(labels)
+    """Full-batch L-BFGS on ``logistic_loss`` from zero weights (convex: the start does not matter).
+
+    One compiled program per feature shape serves every ``l2`` of a grid and every split of that size: the
+    data and ``l2`` are arguments of the program, not constants baked into it.
+    """
+    return _lbfgs(jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32), jnp.float32(l2),
+                  num_classes=int(num_classes), num_steps=int(num_steps))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_steps"))
+def _lbfgs(features: jax.Array, labels: jax.Array, l2: jax.Array, *, num_classes: int, num_steps: int) -> dict:
     params = {"w": jnp.zeros((features.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
     loss_fn = lambda p: logistic_loss(p, features, labels, l2)  # noqa: E731
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss_fn)
 
-    @jax.jit
-    def run(params):
-        def body(_, carry):
-            params, state = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss_fn)
-            return optax.apply_updates(params, updates), state
+    def body(_, carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss_fn)
+        return optax.apply_updates(params, updates), state
 
-        return jax.lax.fori_loop(0, num_steps, body, (params, solver.init(params)))[0]
-
-    return run(params)
+    return jax.lax.fori_loop(0, num_steps, body, (params, solver.init(params)))[0]
 
 
 def predict(params: dict, features: np.ndarray) -> np.ndarray:
