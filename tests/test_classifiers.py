@@ -21,6 +21,11 @@ def build(name: str, num_classes: int, big: bool = False):
     return get_classifier(name, num_classes)
 
 
+def _uniform_images(shape):
+    """Images in [0, 1] from numpy: drawing them with jax.random compiles a program per shape."""
+    return np.random.default_rng(1).uniform(size=shape).astype(np.float32)
+
+
 def abstract_logits(model, shape):
     """Logit shape and variable shapes for an input shape, by tracing only (no compile, no FLOPs)."""
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -58,7 +63,7 @@ def test_shapes_224_by_eval_shape(name, channels):
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_64_computed_under_jit(name, channels):
     model = build(name, 5)
-    x = jax.random.uniform(jax.random.key(1), (2, 64, 64, channels))
+    x = _uniform_images((2, 64, 64, channels))
     variables = synthetic_variables(model, x.shape)
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     assert logits.shape == (2, 5)
@@ -82,7 +87,7 @@ def test_init_is_deterministic_for_a_key():
 
 def test_batchnorm_train_updates_statistics_and_eval_does_not():
     model = get_classifier("resnet18", 4)
-    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    x = _uniform_images((4, 32, 32, 3))
     variables = synthetic_variables(model, x.shape)
 
     train_logits, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
@@ -103,7 +108,7 @@ def test_batchnorm_train_updates_statistics_and_eval_does_not():
 @pytest.mark.parametrize("name", ["squeezenet1_1", "vit"])
 def test_dropout_draws_from_the_dropout_rng(name):
     model = build(name, 4)
-    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    x = _uniform_images((2, 32, 32, 3))
     variables = synthetic_variables(model, x.shape)
     apply = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}))
     a, a_again, b = apply(variables, x, jax.random.key(1)), apply(variables, x, jax.random.key(1)), \

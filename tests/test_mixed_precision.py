@@ -65,8 +65,9 @@ def _inputs(config, batch: int = BATCH):
     num_classes = len(config.data.class_names)
     model = fld.create_fld_model(config.model, num_classes, image_channels=1)
     variables = synthetic_fld_variables(model, (SIZE, SIZE, 1))
-    images = jax.random.uniform(jax.random.key(0), (batch, SIZE, SIZE, 1), jnp.float32)
-    labels = jnp.arange(batch, dtype=jnp.int32) % num_classes
+    # numpy from here on: op by op, each reshape or slice of a device array is a program of its own
+    images = np.asarray(jax.random.uniform(jax.random.key(0), (batch, SIZE, SIZE, 1), jnp.float32))
+    labels = np.arange(batch, dtype=np.int32) % num_classes
     epsilon, beta = train.uniform_class_values(config.adv, num_classes)
     return model, variables, images, labels, epsilon, beta
 
@@ -85,14 +86,18 @@ def both_dtypes():
     config = tiny_config()
     config.model.squeezenet_batch_norm = False
     model, variables, images, labels, epsilon, beta = _inputs(config)
-    keys = tuple(jax.random.split(jax.random.key(1), 3))
     frozen = ml_collections.FrozenConfigDict(config)
+
+    def step(params, batch_stats, images, labels, epsilon, beta, key, *, model):
+        # The keys are split in here: outside, splitting and unstacking them were programs of their own.
+        return objective.loss_and_gradients(params, batch_stats, images, labels, epsilon, beta,
+                                            tuple(jax.random.split(key, 3)), model=model, config=frozen)
+
     results = {}
     for name in ("float32", "bfloat16"):
-        step = jax.jit(functools.partial(objective.loss_and_gradients, model=fld.with_compute_dtype(model, name),
-                                         config=frozen))
-        results[name] = jax.device_get(step(variables["params"], variables["batch_stats"], images, labels,
-                                            epsilon, beta, keys))
+        run = jax.jit(functools.partial(step, model=fld.with_compute_dtype(model, name)))
+        results[name] = jax.device_get(run(variables["params"], variables["batch_stats"], images, labels, epsilon,
+                                           beta, jax.random.key(1)))
     return images, labels, epsilon, results
 
 
@@ -132,9 +137,9 @@ def test_adversarial_image_stays_float32_in_its_ball(both_dtypes):
     assert np.all((x_adv >= 0.0) & (x_adv <= 1.0))
     assert np.max(distance) > 3.5 / 255  # two steps of 2/255 were taken
     # x' carries float32 precision: it was never rounded through bfloat16 (most values are not bf16 numbers).
-    assert np.mean(x_adv != np.asarray(jnp.asarray(x_adv).astype(jnp.bfloat16).astype(jnp.float32))) > 0.9
+    assert np.mean(x_adv != x_adv.astype(jnp.bfloat16).astype(np.float32)) > 0.9  # (ml_dtypes' bfloat16)
     with pytest.raises(ValueError, match="bfloat16"):
-        attack.trades_pgd(lambda x: jnp.zeros((x.shape[0], 2)), jnp.asarray(images, jnp.bfloat16), 0.03,
+        attack.trades_pgd(lambda x: jnp.zeros((x.shape[0], 2)), images.astype(jnp.bfloat16), 0.03,
                           step_size=0.01, num_steps=1, key=jax.random.key(0))
 
 
@@ -161,10 +166,10 @@ def test_convolutions_compute_in_the_compute_dtype(name):
     """Every convolution of every model outputs bfloat16 under bfloat16 (and float32 otherwise), parameters
     float32 either way: a module that ignored ``dtype`` would fail here."""
     if name == "icfdnet":
-        module, x = icfdnet("tiny", norm="batch", num_classes=4), jnp.zeros((2, SIZE, SIZE, 1))
+        module, x = icfdnet("tiny", norm="batch", num_classes=4), np.zeros((2, SIZE, SIZE, 1), np.float32)
     else:
         kwargs = {"batch_norm": True} if name == "squeezenet1_1" else {}
-        module, x = get_classifier(name, 4, **kwargs), jnp.zeros((2, SIZE, SIZE, 7))
+        module, x = get_classifier(name, 4, **kwargs), np.zeros((2, SIZE, SIZE, 7), np.float32)
     assert set(_module_outputs(module, x, jnp.bfloat16)) == {jnp.dtype(jnp.bfloat16)}
     assert set(_module_outputs(module, x, jnp.float32)) == {jnp.dtype(jnp.float32)}
 
@@ -205,7 +210,9 @@ def test_train_step_computes_in_the_configured_dtype(setup):
     for name, expected in (("bfloat16", jnp.bfloat16), ("float32", jnp.float32)):
         config = ml_collections.FrozenConfigDict(tiny_config(name))
         step = functools.partial(train.train_step, model=model, config=config)
-        jaxpr = jax.make_jaxpr(step, axis_env=[(train.AXIS_NAME, 1)])(_state(config, model, variables), batch)
+        # Traced only, so the state's shapes suffice (built op by op, it was ~50 programs).
+        state = jax.eval_shape(functools.partial(_state, config, model), variables)
+        jaxpr = jax.make_jaxpr(step, axis_env=[(train.AXIS_NAME, 1)])(state, batch)
         products = _products(jaxpr.jaxpr)
         assert sum(dtype == expected for _, dtype, _ in products) > 20, name
         # Y_c, the colour transform (a 3x3 matrix applied to the image and to x'), stays float32 with them.
@@ -223,7 +230,7 @@ def test_bfloat16_step_keeps_float32_state_and_checkpoints(tmp_path):
     config = tiny_config("bfloat16")
     config.model.use_decouplers = False
     model, variables, images, labels, *_ = _inputs(config, batch=4)
-    state = _state(config, model, variables)
+    state = jax.jit(functools.partial(_state, config, model))(variables)  # op by op it was ~50 programs
     step = jax.pmap(functools.partial(train.train_step, model=model, config=ml_collections.FrozenConfigDict(config)),
                     axis_name=train.AXIS_NAME, in_axes=(None, 0), out_axes=(None, None),
                     devices=jax.local_devices()[:1])
@@ -261,7 +268,7 @@ def test_evaluation_runs_in_float32_whatever_the_training_dtype(setup):
     _, model, variables, images, labels, *_ = setup
     bf16 = fld.with_compute_dtype(model, "bfloat16")
     assert fld.float32_model(bf16) == model and hash(fld.float32_model(bf16)) == hash(model)
-    batch = {"image": images, "label": labels, "mask": jnp.ones((BATCH,), bool)}
+    batch = {"image": images, "label": labels, "mask": np.ones((BATCH,), bool)}
     key = jax.random.key(0)
     eval_step = lambda m: functools.partial(evaluate.eval_step, model=m, robust=True,  # noqa: E731
                                             attack_settings=(8 / 255, 2, 2 / 255, True))

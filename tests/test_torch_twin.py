@@ -162,14 +162,16 @@ def build_pair(case: dict) -> tuple[fld.FLDModel, torch_fld.TorchFLD]:
 
 def flax_step(model: fld.FLDModel, settings: torch_fld.StepSettings):
     """What ``train.train_step`` computes on one device (``objective.loss_and_gradients``), plus the eval
-    logits and x_c the test compares."""
+    logits and x_c the test compares and the attack's start noise (trades_pgd's draw from the same key)."""
     l1, l2, l3 = settings.weights
     config = ml_collections.ConfigDict(dict(
         adv=dict(enabled=settings.adv_enabled, through_decouplers=settings.through_decouplers,
                  step_size=settings.step_size, epsilon=settings.epsilon, num_steps=settings.num_steps),
         loss=dict(l1=l1, l2=l2, l3=l3, charbonnier_xi=settings.charbonnier_xi)))
 
-    def run(variables, images, labels, class_epsilon, class_beta, attack_key):
+    def run(variables, images, labels, class_epsilon, class_beta, attack_seed):
+        # The key made and the noise drawn in here: outside, each was an (x64) program of its own.
+        attack_key = jax.random.key(attack_seed)
         keys = (attack_key, attack_key, attack_key)  # dropout rate 0 on both sides: its keys are never used
         loss, terms, grads, x_adv = objective.loss_and_gradients(
             variables["params"], variables["batch_stats"], images, labels, class_epsilon, class_beta, keys,
@@ -180,7 +182,8 @@ def flax_step(model: fld.FLDModel, settings: torch_fld.StepSettings):
         return grads, dict(loss=loss, lc=terms.lc, ls=terms.ls, lat=terms.lat, x_c=x_c,
                            logits_clean=terms.logits_clean, logits_adv=terms.logits_adv, x_adv=x_adv,
                            batch_stats=terms.batch_stats,
-                           logits_eval=fld.classify(model, variables, x_c, train=False)[0])
+                           logits_eval=fld.classify(model, variables, x_c, train=False)[0],
+                           noise=jax.random.normal(attack_key, images.shape, images.dtype))
 
     return jax.jit(run, compiler_options=FAST_COMPILE)
 
@@ -216,10 +219,9 @@ def test_train_step_matches_flax(case_name):
     images[:, :4] = 0.0  # exactly black rows, as B-mode scans have: projection into [0, 1] is active there
     epsilon, beta = CLASS_EPSILON.astype(np.float64), CLASS_BETA.astype(np.float64)
     with jax.enable_x64(True):
-        key = jax.random.key(7)
-        grads, aux = flax_step(model, settings)(variables, images, LABELS, epsilon, beta, key)
-        noise = nchw(jax.random.normal(key, images.shape, jnp.float64))  # trades_pgd's start: x + 0.001 N(0, 1)
+        grads, aux = flax_step(model, settings)(variables, images, LABELS, epsilon, beta, 7)
         grads, aux = jax.tree.map(np.asarray, (grads, aux))
+    noise = nchw(aux["noise"])  # trades_pgd's start: x + 0.001 N(0, 1)
     x, labels = nchw(images), torch.from_numpy(LABELS)
     epsilon, beta = torch.from_numpy(epsilon), torch.from_numpy(beta)
 
@@ -259,18 +261,31 @@ def test_presets_match_flax():
     assert torch_fld.COLOR_SPACES == color.COLOR_SPACES
 
 
+POOL_WINDOWS = (2, 3, 4)  # SAME with odd sizes pads bottom/right; padded zeros are not counted
+CEIL_SIZES = (2, 7, 8)  # ceil mode, also below the 3x3 window
+RESIZES = ((14, 18), (28, 36), (7, 9))  # x2 (the model's only use), x4, identity
+
+
+@jax.jit
+def flax_pooling_and_resize(x: jax.Array) -> dict:
+    """The flax side of test_pooling_and_resize_match_flax as one program (op by op, each was one of its own)."""
+    return dict(avg=[nn.avg_pool(x, (w, w), (w, w), padding="SAME", count_include_pad=False) for w in POOL_WINDOWS],
+                max=nn.max_pool(x, (2, 2), (2, 2), padding="SAME"),
+                ceil=[squeezenet.max_pool_ceil(x[:, :size, :size]) for size in CEIL_SIZES],
+                resize=[icfdnet.resize_to(x, height, width) for height, width in RESIZES])
+
+
 def test_pooling_and_resize_match_flax():
     x = np.random.default_rng(0).standard_normal((2, 7, 9, 3)).astype(np.float32)
     xt = nchw(x)
-    for window in (2, 3, 4):  # SAME with odd sizes pads bottom/right; padded zeros are not counted
-        close(nhwc(torch_layers.avg_pool_same(xt, window, window)),
-              nn.avg_pool(x, (window, window), (window, window), padding="SAME", count_include_pad=False), 1e-6)
-    close(nhwc(torch_layers.max_pool_same(xt, 2, 2)), nn.max_pool(x, (2, 2), (2, 2), padding="SAME"), 1e-6)
-    for size in (2, 7, 8):  # ceil mode, also below the 3x3 window
-        close(nhwc(torch_models.max_pool_ceil(xt[:, :, :size, :size])), squeezenet.max_pool_ceil(x[:, :size, :size]),
-              1e-6)
-    for height, width in ((14, 18), (28, 36), (7, 9)):  # x2 (the model's only use), x4, identity
-        close(nhwc(torch_layers.resize_to(xt, height, width)), icfdnet.resize_to(x, height, width), 1e-6)
+    flax_side = flax_pooling_and_resize(x)
+    for window, expected in zip(POOL_WINDOWS, flax_side["avg"]):
+        close(nhwc(torch_layers.avg_pool_same(xt, window, window)), expected, 1e-6)
+    close(nhwc(torch_layers.max_pool_same(xt, 2, 2)), flax_side["max"], 1e-6)
+    for size, expected in zip(CEIL_SIZES, flax_side["ceil"]):
+        close(nhwc(torch_models.max_pool_ceil(xt[:, :, :size, :size])), expected, 1e-6)
+    for (height, width), expected in zip(RESIZES, flax_side["resize"]):
+        close(nhwc(torch_layers.resize_to(xt, height, width)), expected, 1e-6)
 
 
 @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
@@ -312,7 +327,8 @@ def test_color_transforms_standardize_and_classifier_input_match_flax():
             x_c = fld.classifier_input(model, x, fld.for_classifier_loss(model, fld.Decoupled(f1, None, f2, None)))
             return jnp.sum(x_c * weights), x_c
 
-        (_, x_c), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(feat1, feat2, image)
+        value_and_grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True))
+        (_, x_c), grads = value_and_grads(feat1, feat2, image)
         inputs = [nchw(a).requires_grad_(True) for a in (feat1, feat2, image)]
         y = twin.classifier_input(inputs[2], torch_fld.Decoupled(inputs[0], None, inputs[1], None), for_loss=True)
         (y * torch.from_numpy(weights).view(1, -1, 1, 1)).sum().backward()
@@ -382,8 +398,13 @@ def test_optimizer_matches_optax(optimizer_name):
     flax_to_torch.load_flax_variables(trainer.model, variables)
     tx = optimizer.create_optimizer(config.optim, optimizer.create_learning_rate_fn(config.optim, 2, steps_per_epoch))
     params, rng = variables["params"], np.random.default_rng(5)
-    opt_state = tx.init(params)
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    opt_state = jax.jit(tx.init)(params)  # one program each: op by op, init and the update were ~60
+
+    @jax.jit
+    def update(grads, opt_state, params):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
+
     parameters = dict(trainer.model.named_parameters())
     for scale in (1.0, 0.01, 3.0):  # global norms ~20 (clipped to 5), ~0.2, ~60
         grads = jax.tree.map(lambda p: (scale * rng.standard_normal(p.shape)).astype(np.float32), params)
@@ -391,20 +412,23 @@ def test_optimizer_matches_optax(optimizer_name):
             parameters[flax_to_torch.torch_name(path)].grad = torch.from_numpy(
                 np.array(flax_to_torch.to_torch_layout(path, grad)))
         norm, _ = trainer.apply_gradients()
-        updates, opt_state = update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        close(norm, optax.tree.norm(grads), 1e-6)
+        params, opt_state, flax_norm = update(grads, opt_state, params)
+        close(norm, flax_norm, 1e-6)
         assert_trees_close(flax_to_torch.twin_to_flax(trainer.model, variables), params, 1e-6, 1e-7, "parameters")
 
 
 def test_learning_rate_schedule_matches_optax():
-    for schedule, warmup_epochs in (("cosine", 0), ("cosine", 1), ("constant", 0), ("constant", 1.5)):
-        optim = ml_collections.ConfigDict(dict(load_config("default").optim.to_dict(), schedule=schedule,
-                                               warmup_epochs=warmup_epochs))
+    schedules = (("cosine", 0), ("cosine", 1), ("constant", 0), ("constant", 1.5))
+    optims = [ml_collections.ConfigDict(dict(load_config("default").optim.to_dict(), schedule=schedule,
+                                             warmup_epochs=warmup_epochs)) for schedule, warmup_epochs in schedules]
+    steps = np.arange(14)
+    # Every schedule at every step in one program: step by step, each of their ops was a program of its own.
+    theirs = jax.device_get(jax.jit(lambda steps: [jax.vmap(optimizer.create_learning_rate_fn(optim, 3, 4))(steps)
+                                                   for optim in optims])(steps))
+    for (schedule, _), optim, values in zip(schedules, optims, theirs):
         ours = torch_train.learning_rate_fn(optim, 3, 4)
-        theirs = optimizer.create_learning_rate_fn(optim, 3, 4)
-        for step in range(14):
-            assert math.isclose(ours(step), float(theirs(step)), rel_tol=1e-5, abs_tol=1e-9), (schedule, step)
+        for step in steps:
+            assert math.isclose(ours(int(step)), float(values[step]), rel_tol=1e-5, abs_tol=1e-9), (schedule, step)
 
 
 @pytest.mark.parametrize("config_name", ["tiny", "default"])

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from model_helpers import synthetic_fld_variables
 
 from flax_fld import models
 from flax_fld.data import input_pipeline
@@ -34,6 +35,7 @@ def adv_config(**overrides) -> ml_collections.ConfigDict:
     return config
 
 
+@jax.jit  # one program (op by op, building the state was a dozen)
 def counter_state(correct, seen, previous) -> TrainState:
     """A TrainState with given epoch counters and a trivial model (end_epoch never looks at the weights)."""
     num_classes = len(correct)
@@ -71,7 +73,8 @@ class TestEndEpoch(chex.TestCase):
         state = end(state.replace(adv_correct=jnp.array([0, 4, 2, 4], jnp.int32), adv_seen=jnp.full(4, 4, jnp.int32)))
         acc = np.array([0.0, 1.0, 0.5, 1.0])
         np.testing.assert_allclose(state.class_epsilon, (adv.sigma + acc) * adv.epsilon, rtol=1e-6)
-        assert float(state.class_beta[0]) < float(state.class_beta[2]) < float(state.class_beta[1])
+        beta = np.asarray(state.class_beta)  # indexed on the host: each device-array index is a program
+        assert beta[0] < beta[2] < beta[1]
 
     def test_fixed_mode_is_plain_trades(self):
         adv = adv_config(calibration="fixed", warmup_epochs=0)
@@ -82,16 +85,17 @@ class TestEndEpoch(chex.TestCase):
 
 
 def test_weight_averaging_starts_from_weights_and_respects_gate():
-    params = {"w": jnp.array([1.0, 2.0])}
-    averaged = {"w": jnp.zeros(2)}
-    averaged, count = weight_averaging.maybe_update(averaged, params, jnp.int32(0), jnp.bool_(True), 0.999)
+    maybe_update = jax.jit(weight_averaging.maybe_update, static_argnums=4)  # one program; op by op, a dozen
+    params = {"w": np.array([1.0, 2.0], np.float32)}
+    averaged = {"w": np.zeros(2, np.float32)}
+    averaged, count = maybe_update(averaged, params, np.int32(0), np.bool_(True), 0.999)
     np.testing.assert_allclose(averaged["w"], [1.0, 2.0])  # the first update copies
     assert int(count) == 1
-    moved = {"w": jnp.array([12.0, 2.0])}
-    gated, gated_count = weight_averaging.maybe_update(averaged, moved, count, jnp.bool_(False), 0.999)
+    moved = {"w": np.array([12.0, 2.0], np.float32)}
+    gated, gated_count = maybe_update(averaged, moved, count, np.bool_(False), 0.999)
     np.testing.assert_allclose(gated["w"], averaged["w"])
     assert int(gated_count) == 1
-    stepped, _ = weight_averaging.maybe_update(averaged, moved, count, jnp.bool_(True), 0.999)
+    stepped, _ = maybe_update(averaged, moved, count, np.bool_(True), 0.999)
     np.testing.assert_allclose(stepped["w"], [1.0 + 11.0 * 10 / 11, 2.0], rtol=1e-6)  # d = 1 / 11
     assert weight_averaging.fawa_gate([40.0, 25.0, 90.0], 0.2)
     assert not weight_averaging.fawa_gate([40.0, 15.0, 90.0], 0.2)
@@ -129,12 +133,16 @@ def test_pmapped_step_learns_and_matches_one_device(tiny):
     model = fld.create_fld_model(config.model, num_classes, info.image_shape[-1])
     model = dataclasses.replace(model, classifier=models.get_classifier("squeezenet1_1", num_classes, dropout_rate=0.0))
     frozen = ml_collections.FrozenConfigDict(config)
-    state = train.create_train_state(config, model, info.image_shape, jax.random.key(1), steps_per_epoch=10)
+    # create_train_state's state around numpy-filled weights (its init program is test_fld's to check) and
+    # the raw data of jax.random.key(1) (made op by op, a key is two programs of its own).
+    variables = synthetic_fld_variables(model, info.image_shape)
+    state = train._jitted_fresh_state(frozen, num_classes, 10)(variables, np.array([0, 1], np.uint32))
     step_fn = lambda s, b: train.train_step(s, b, model=model, config=frozen)  # noqa: E731
     two = jax.pmap(step_fn, axis_name="batch", in_axes=(None, 0), out_axes=(None, None))
     one = jax.pmap(step_fn, axis_name="batch", in_axes=(None, 0), out_axes=(None, None), devices=jax.local_devices()[:1])
     single_batch = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), batch)
-    state_two, metrics_two = two(state, batch)
+    # Laid out as `two` returns it: from a single-device state its first step would compile a program of its own.
+    state_two, metrics_two = two(train.replicate(state), batch)
     state_one, metrics_one = one(state, single_batch)
     for key in ("loss", "lat", "clean_acc", "adv_acc", "grad_norm", "learning_rate"):
         np.testing.assert_allclose(metrics_two[key], metrics_one[key], rtol=1e-4, atol=1e-6, err_msg=key)
