@@ -1,5 +1,6 @@
 """Tests for flax_fld/evaluation/saliency.py (integrated gradients through the whole model) and predict's --explain."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,11 +20,26 @@ from flax_fld.runtime.config_files import load_config
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 _GRADES = ("normal", "mild", "moderate")  # three images: the CLI test grades three too (same compiled shapes)
+# The suite compiles at XLA's optimisation level 0 (tests/conftest.py), whose unvectorised loops ran the 40
+# forward + backward passes of the completeness test ~10x slower than level 1; so that program, and only it,
+# is compiled at level 1 (measured on 2 cores: compiling 5 s longer, running 24 s -> 3 s).
+_RUNS_MANY_STEPS = {"xla_backend_optimization_level": 1}
+_LIBRARY_EXPLAIN_PROGRAM = saliency._jitted_explain
+
+
+@functools.lru_cache(maxsize=1)
+def _explain_program_at_level_1(model, baseline):
+    """The library's own jitted ``explain_model`` (wrapped, not copied), compiled at level 1."""
+    return jax.jit(_LIBRARY_EXPLAIN_PROGRAM(model, baseline), compiler_options=_RUNS_MANY_STEPS)
 
 
 def _scans(size=32):
     """Three simulated sector scans ``[3, size, size, 1]`` in [0, 1], black outside the sector."""
     return np.stack([simulator.simulate_example(7, i, grade, size).image for i, grade in enumerate(_GRADES)])[..., None]
+
+
+# One program per shape rather than one per jnp op (eager); what is tested is the baseline, not eager mode.
+_make_baseline = jax.jit(saliency.make_baseline, static_argnames="kind")
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +49,18 @@ def tiny_model():
     return model, synthetic_fld_variables(model, (32, 32, 1))
 
 
-def test_completeness_gap_shrinks_with_the_steps_on_a_tiny_fld_model(tiny_model):
+def test_completeness_gap_shrinks_with_the_steps_on_a_tiny_fld_model(tiny_model, monkeypatch):
     # Completeness: the attributions of an image sum to f_k(x) - f_k(baseline). The midpoint rule's gap comes
     # from the integrand's kinks (ReLU, max pooling), so it falls like 1/steps rather than 1/steps^2 and is
     # noisy per image; its mean over these three scans and classes, measured on this model: 0.94 logits at 8
     # steps, 0.16 at 32, 0.083 at 64, 0.020 at 128. The bounds leave a factor 2 of slack; 32 steps, not more,
-    # because the suite's XLA optimisation level 0 runs this loop slowly. (On the trained 64 px demo model,
+    # because each step is a forward and a backward pass of the model. (On the trained 64 px demo model,
     # whose logits move by 2 to 8 between baseline and image, 64 steps left 1 to 4 %; this untrained one's
     # logits move by 0.1 to 0.8, hence an absolute bound in logits.)
     model, variables = tiny_model
     images = _scans()
     targets = np.array([0, 1, 3])  # completeness holds for any class; no forward pass to find the predicted ones
+    monkeypatch.setattr(saliency, "_jitted_explain", _explain_program_at_level_1)  # explain's batching kept
     coarse = saliency.explain(model, variables, images, targets, steps=8)
     fine = saliency.explain(model, variables, images, targets, steps=32)
     np.testing.assert_allclose(coarse.logit_changes, fine.logit_changes)  # the same two ends
@@ -64,7 +81,7 @@ def test_black_is_a_jump_for_the_decouplers_and_the_flat_baseline_is_not(tiny_mo
     logits_fn = jax.jit(saliency.model_logits_fn(model, variables))
     image = _scans()[2]
     for kind, expect_jump in (("black", True), ("flat", False)):
-        start = np.asarray(saliency.make_baseline(image, kind))
+        start = np.asarray(_make_baseline(image, kind))
         path = np.stack([start + alpha * (image - start) for alpha in (0.0, 1e-4)])
         step = float(np.abs(np.diff(np.asarray(logits_fn(path)), axis=0)).max())
         assert (step > 0.05) == expect_jump, (kind, step)  # measured: 4.2 from black, 2.5e-4 from flat
@@ -85,28 +102,32 @@ def _quadrant_logits(x):
 def test_a_class_that_reads_one_quadrant_is_explained_by_that_quadrant(channels):
     images = np.random.default_rng(0).random((4, 64, 64, channels)).astype(np.float32)
     targets = np.array([0, 1, 2, 3])
-    explain = jax.jit(lambda x, t: saliency.integrated_gradients(_quadrant_logits, x, t, steps=32))
-    attributions = explain(images, targets)
-    maps = np.asarray(saliency.saliency_map(attributions))
+
+    @jax.jit  # everything below in one program, not one per eager jnp op
+    def explain(x, t):
+        attributions = saliency.integrated_gradients(_quadrant_logits, x, t, steps=32)
+        change = (_quadrant_logits(x) - _quadrant_logits(jnp.zeros_like(x)))[jnp.arange(4), t]
+        single = saliency.integrated_gradients(_quadrant_logits, x[1], 1, steps=32)  # one image [H, W, C]
+        return saliency.saliency_map(attributions), attributions, change, single
+
+    maps, attributions, change, single = (np.asarray(a) for a in explain(images, targets))
     assert maps.shape == (4, 64, 64)
     for k in range(4):
         rows, columns = (slice(0, 32), slice(32, 64))[k // 2], (slice(0, 32), slice(32, 64))[k % 2]
         share = maps[k, rows, columns].sum() / maps[k].sum()
         assert share > 0.95, (k, share)  # measured 0.976 to 0.981: the convolution reaches 1 pixel across
     # A smooth model and a black baseline: completeness holds tightly; one image [H, W, C] as in a batch.
-    change = np.asarray(_quadrant_logits(images) - _quadrant_logits(np.zeros_like(images)))[np.arange(4), targets]
-    np.testing.assert_allclose(np.asarray(attributions).sum(axis=(1, 2, 3)), change, rtol=2e-3)
-    single = saliency.integrated_gradients(_quadrant_logits, images[1], 1, steps=32)
+    np.testing.assert_allclose(attributions.sum(axis=(1, 2, 3)), change, rtol=2e-3)
     np.testing.assert_allclose(single, attributions[1], rtol=1e-5, atol=1e-6)
 
 
 def test_flat_baseline_and_saliency_paths():
     image = np.zeros((4, 4, 1), np.float32)
     image[1:3, 1:3, 0] = [[0.2, 0.4], [0.6, 0.8]]
-    np.testing.assert_allclose(saliency.make_baseline(image)[..., 0],
+    np.testing.assert_allclose(np.asarray(_make_baseline(image))[..., 0],
                                np.pad(np.full((2, 2), 0.5), 1), atol=1e-7)  # the sector's mean; black kept
-    assert np.all(np.asarray(saliency.make_baseline(np.zeros((2, 3, 3, 3)))) == 0.0)  # all dark: its own
-    np.testing.assert_array_equal(saliency.saliency_map(np.zeros((2, 3, 3, 1))), np.zeros((2, 3, 3)))
+    assert np.all(np.asarray(_make_baseline(np.zeros((2, 3, 3, 3)))) == 0.0)  # all dark: its own
+    np.testing.assert_array_equal(jax.jit(saliency.saliency_map)(np.zeros((2, 3, 3, 1))), np.zeros((2, 3, 3)))
     assert predict.saliency_paths(["out/a.png", "out/a_saliency.png"]) == [
         "out/a_saliency_0.png", "out/a_saliency_saliency.png"]
 
