@@ -20,12 +20,20 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return config
 
 
+def uniform_images(channels: int) -> np.ndarray:
+    # numpy: eager jax.random.uniform compiles programs of its own, and any images in [0, 1) serve here.
+    return np.random.default_rng(1).uniform(size=(2, SIZE, SIZE, channels)).astype(np.float32)
+
+
+# Eval- or train-mode decoupling, compiled once per model: the tests that share `full`'s model share it.
+jitted_decouple = jax.jit(lambda model, v, x, train: fld.decouple(model, v, x, train=train), static_argnums=(0, 3))
+
+
 @pytest.fixture(scope="module")
 def full():
     model = fld.create_fld_model(model_config(), CLASSES, image_channels=1)
     variables = synthetic_fld_variables(model, (SIZE, SIZE, 1))
-    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
-    return model, variables, images
+    return model, variables, uniform_images(1)
 
 
 def test_init_variables_layout_and_determinism():
@@ -72,8 +80,7 @@ def test_classifier_input_channels_by_eval_shape(image_channels, color_space, us
 
 def test_decouple_train_updates_statistics_and_eval_keeps_them(full):
     model, variables, images = full
-    decouple = jax.jit(lambda v, x, train: fld.decouple(model, v, x, train=train), static_argnums=2)
-    decoupled, stats = decouple(variables, images, True)
+    decoupled, stats = jitted_decouple(model, variables, images, True)
     assert decoupled.feat1.shape == decoupled.feat2.shape == (2, SIZE, SIZE, FEATURES)
     assert decoupled.class_logits.shape == (2, CLASSES)
     assert decoupled.x_hat.shape == images.shape
@@ -81,7 +88,7 @@ def test_decouple_train_updates_statistics_and_eval_keeps_them(full):
                                    {k: variables["batch_stats"][k] for k in ("ic1", "ic2")}, stats)
     assert all(jax.tree_util.tree_leaves(moved))
 
-    eval_decoupled, eval_stats = decouple(variables, images, False)
+    eval_decoupled, eval_stats = jitted_decouple(model, variables, images, False)
     jax.tree_util.tree_map(np.testing.assert_array_equal, eval_stats,
                            {k: variables["batch_stats"][k] for k in ("ic1", "ic2")})
     assert not np.allclose(eval_decoupled.feat1, decoupled.feat1)  # batch vs running statistics
@@ -89,33 +96,37 @@ def test_decouple_train_updates_statistics_and_eval_keeps_them(full):
 
 def test_forward_and_classify(full):
     model, variables, images = full
-    logits, intermediates = jax.jit(lambda v, x: fld.forward(model, v, x))(variables, images)
+
+    def forward_then_classify_in_train_mode(v, x, key):  # one program, not two
+        logits, intermediates = fld.forward(model, v, x)
+        return logits, intermediates, fld.classify(model, v, intermediates["x_c"], train=True, dropout_rng=key)
+
+    logits, intermediates, (train_logits, stats) = jax.jit(forward_then_classify_in_train_mode)(
+        variables, images, jax.random.key(5))
     assert logits.shape == (2, CLASSES)
     assert intermediates["x_c"].shape == (2, SIZE, SIZE, 2 * FEATURES + 3)
     # x_c's last channels are Y_c(x): Y of a gray image is the image itself.
-    np.testing.assert_allclose(intermediates["x_c"][..., 2 * FEATURES], images[..., 0], atol=1e-5)
-
-    classify = jax.jit(lambda v, x_c, key: fld.classify(model, v, x_c, train=True, dropout_rng=key))
-    train_logits, stats = classify(variables, intermediates["x_c"], jax.random.key(5))
+    np.testing.assert_allclose(np.asarray(intermediates["x_c"])[..., 2 * FEATURES], images[..., 0], atol=1e-5)
     assert train_logits.shape == (2, CLASSES) and stats == {"classifier": {}}
 
 
 def test_attack_functions_fixed_features_versus_end_to_end(full):
     model, variables, images = full
-    decoupled, _ = jax.jit(lambda v, x: fld.decouple(model, v, x, train=False))(variables, images)
+    decoupled, _ = jitted_decouple(model, variables, images, False)
 
-    def logits_and_image_gradient(end_to_end):
+    def logits_and_image_gradient(x, end_to_end):
         logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=end_to_end)
 
         def objective(x):
             logits = logits_fn(x)
             return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
 
-        (_, logits), gradient = jax.jit(jax.value_and_grad(objective, has_aux=True))(images)
+        (_, logits), gradient = jax.value_and_grad(objective, has_aux=True)(x)
         return logits, gradient
 
-    (fixed_logits, fixed), (end_to_end_logits, end_to_end) = (logits_and_image_gradient(False),
-                                                               logits_and_image_gradient(True))
+    both = jax.jit(lambda x: (logits_and_image_gradient(x, False), logits_and_image_gradient(x, True)))  # 1 program
+    # Compared in numpy: no eager programs.
+    (fixed_logits, fixed), (end_to_end_logits, end_to_end) = jax.tree.map(np.asarray, both(images))
     # At the clean image both see the same x_c, hence the same logits.
     np.testing.assert_allclose(fixed_logits, end_to_end_logits, rtol=1e-4, atol=1e-5)
     assert fixed.shape == end_to_end.shape == images.shape
@@ -131,17 +142,21 @@ def test_classifier_reads_channel_parts_as_their_concatenation_in_values_and_ima
     model = fld.create_fld_model(model_config(classifier=classifier), CLASSES, image_channels=1)
     assert model.classifier.takes_channel_parts
     variables = synthetic_fld_variables(model, (SIZE, SIZE, 1))
-    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 1))
-    decoupled, _ = fld.decouple(model, variables, images, train=False)
-    parts = fld.classifier_input_parts(model, images, decoupled)
+    images = uniform_images(1)
+    decoupled, _ = jitted_decouple(model, variables, images, False)
+    parts = jax.eval_shape(lambda x, decoupled: fld.classifier_input_parts(model, x, decoupled), images, decoupled)
     assert [part.shape[-1] for part in parts] == [2 * FEATURES, 3]
 
-    def objective(x, make_input):
+    def objective(x, decoupled, make_input):
         logits, _ = fld.classify(model, variables, make_input(model, x, decoupled), train=False)
         return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
 
-    whole, as_parts = (jax.jit(jax.value_and_grad(objective), static_argnums=1)(images, make_input)
-                       for make_input in (fld.classifier_input, fld.classifier_input_parts))
+    @jax.jit
+    def whole_and_as_parts(x, decoupled):  # both in one program: one compile per classifier
+        return tuple(jax.value_and_grad(objective)(x, decoupled, make_input)
+                     for make_input in (fld.classifier_input, fld.classifier_input_parts))
+
+    whole, as_parts = jax.tree.map(np.asarray, whole_and_as_parts(images, decoupled))
     np.testing.assert_allclose(as_parts[0], whole[0], rtol=1e-5)
     np.testing.assert_allclose(as_parts[1], whole[1], rtol=1e-4, atol=1e-6)
     assert np.any(whole[1] != 0)
@@ -157,13 +172,14 @@ def test_baseline_has_no_decouplers():
     variables = synthetic_fld_variables(model, (SIZE, SIZE, 3))
     abstract = jax.eval_shape(lambda key: fld.init_variables(model, key, (SIZE, SIZE, 3)), jax.random.key(0))
     assert set(abstract["params"]) == set(abstract["batch_stats"]) == {"classifier"}
-    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 3))
+    images = uniform_images(3)
     decoupled, stats = fld.decouple(model, variables, images, train=True)
     assert decoupled == fld.Decoupled(None, None, None, None) and stats == {}
-    x_c = fld.classifier_input(model, images, decoupled)
-    assert x_c.shape == (2, SIZE, SIZE, 3)
     logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=True)
-    gradient = jax.jit(jax.grad(lambda x: jnp.sum(logits_fn(x)[:, 1])))(images)
+    x_c, gradient = jax.jit(lambda x: (fld.classifier_input(model, x, decoupled),  # one program, not op by op
+                                       jax.grad(lambda x: jnp.sum(logits_fn(x)[:, 1]))(x)))(images)
+    gradient = np.asarray(gradient)
+    assert x_c.shape == (2, SIZE, SIZE, 3)
     assert np.all(np.isfinite(gradient)) and np.any(gradient != 0)
 
 

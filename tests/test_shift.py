@@ -3,7 +3,6 @@
 included; the table that prints it."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from flax_fld.models import fld
 from flax_fld.reporting import tables
 from flax_fld.robustness import corruptions, shift_eval
 from flax_fld.runtime.config_files import load_config
+from model_helpers import synthetic_fld_variables
 
 
 def _images(count=6, size=32, seed=0):
@@ -53,15 +53,20 @@ def tiny_v2(tmp_path_factory):
     config.data.data_dir = str(tmp_path_factory.mktemp("tfds_data"))
     data = input_pipeline.prepare_data_source(config.data, config.data.data_dir)
     model = fld.create_fld_model(config.model, len(data.info.class_names), data.info.image_shape[-1])
-    variables = fld.init_variables(model, jax.random.key(1), data.info.image_shape)
+    variables = synthetic_fld_variables(model, data.info.image_shape)  # any weights: compiling init is test_fld's
     return config, data, model, variables
 
 
 def test_array_logits_keep_the_order_and_match_a_direct_forward(tiny_v2):
     config, data, model, variables = tiny_v2
     images, _ = input_pipeline.load_split(data, "test")
-    logits = evaluate.array_logits(model, variables, images, per_device_batch_size=4)  # padded last batch
-    expected = np.asarray(fld.forward(model, variables, jnp.asarray(images), train=False)[0])
+    # The shift evaluation's batch size, so both tests share one compiled step; still several batches, the
+    # last one padded.
+    batch_size = int(config.train.eval_batch_size)
+    per_step = jax.local_device_count() * batch_size
+    assert len(images) > per_step and len(images) % per_step != 0
+    logits = evaluate.array_logits(model, variables, images, per_device_batch_size=batch_size)
+    expected = np.asarray(jax.jit(lambda v, x: fld.forward(model, v, x, train=False)[0])(variables, images))
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
