@@ -22,7 +22,8 @@ def _shapes(module, *inputs):
 
 
 def _numpy_variables(module, *inputs):
-    """init's layout with LeCun-normal kernels and zero biases, nn.Conv's initialisers, drawn by numpy."""
+    """init's layout with LeCun-scaled normal kernels (untruncated) and zero biases, drawn by numpy: the
+    comparisons hold for any weights, and numpy compiles nothing."""
     rng = np.random.default_rng(1)
 
     def fill(path, leaf):

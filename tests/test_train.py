@@ -133,8 +133,8 @@ def test_pmapped_step_learns_and_matches_one_device(tiny):
     model = fld.create_fld_model(config.model, num_classes, info.image_shape[-1])
     model = dataclasses.replace(model, classifier=models.get_classifier("squeezenet1_1", num_classes, dropout_rate=0.0))
     frozen = ml_collections.FrozenConfigDict(config)
-    # create_train_state's state around numpy-filled weights (its init program is test_fld's to check) and
-    # the raw data of jax.random.key(1) (made op by op, a key is two programs of its own).
+    # create_train_state's state around numpy-filled weights (its init program is test_fld's to check) and a
+    # fixed raw key [0, 1] (made op by op, a key is two programs of its own); the test compares devices, any key does.
     variables = synthetic_fld_variables(model, info.image_shape)
     state = train._jitted_fresh_state(frozen, num_classes, 10)(variables, np.array([0, 1], np.uint32))
     step_fn = lambda s, b: train.train_step(s, b, model=model, config=frozen)  # noqa: E731
