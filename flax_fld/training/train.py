@@ -414,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def validate(variables):
         with clock.phase("validation"):
             return evaluate.evaluate_split(model, variables, config, data, split="validation",
-                                                 robust=bool(config.train.validate_robust),
+                                           robust=bool(config.train.validate_robust),
                                            on_batch=progress.BatchProgress(outputs.say, "validation"))
 
     closing = epoch_end.EpochEnd(config=config, end_epoch=end_epoch_when_compiled, validate=validate,
