@@ -62,3 +62,9 @@ def untrained_run(root, config):
     checkpointer.close()
     return workdir, info
 
+
+
+# compiler_options for a test program that runs many times (an attack's or integrated gradients' loop): the
+# suite compiles at XLA's level 0 (tests/conftest.py), whose unvectorised loops run such programs several times
+# slower; level 1 costs a few seconds more compiling and wins them back in running.
+RUNS_MANY_TIMES = {"xla_backend_optimization_level": 1}

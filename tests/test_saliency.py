@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
-from model_helpers import synthetic_fld_variables, untrained_run
+from model_helpers import RUNS_MANY_TIMES, synthetic_fld_variables, untrained_run
 
 from flax_fld.data.datasets import simulator
 from flax_fld.evaluation import saliency
@@ -20,17 +20,15 @@ from flax_fld.runtime.config_files import load_config
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 _GRADES = ("normal", "mild", "moderate")  # three images: the CLI test grades three too (same compiled shapes)
-# The suite compiles at XLA's optimisation level 0 (tests/conftest.py), whose unvectorised loops ran the 40
-# forward + backward passes of the completeness test ~10x slower than level 1; so that program, and only it,
-# is compiled at level 1 (measured on 2 cores: compiling 5 s longer, running 24 s -> 3 s).
-_RUNS_MANY_STEPS = {"xla_backend_optimization_level": 1}
+# The completeness test's 40 forward + backward passes ran ~10x slower at the suite's level 0; that program, and
+# only it, is compiled at level 1 (measured on 2 cores: compiling 5 s longer, running 24 s -> 3 s).
 _LIBRARY_EXPLAIN_PROGRAM = saliency._jitted_explain
 
 
 @functools.lru_cache(maxsize=1)
 def _explain_program_at_level_1(model, baseline):
     """The library's own jitted ``explain_model`` (wrapped, not copied), compiled at level 1."""
-    return jax.jit(_LIBRARY_EXPLAIN_PROGRAM(model, baseline), compiler_options=_RUNS_MANY_STEPS)
+    return jax.jit(_LIBRARY_EXPLAIN_PROGRAM(model, baseline), compiler_options=RUNS_MANY_TIMES)
 
 
 def _scans(size=32):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_helpers import synthetic_variables, untrained_run
+from model_helpers import RUNS_MANY_TIMES, synthetic_variables, untrained_run
 
 from flax_fld.evaluation import metrics
 from flax_fld.method import attack
@@ -230,7 +230,7 @@ def test_through_the_fld_model_seeded_strong_attack_is_a_subset_of_pgd():
     # Variables as an argument: as closed-over constants XLA would spend its time folding them. XLA's
     # optimisation level 1 (the suite's is 0, tests/conftest.py): measured, it compiled ~2 s longer and ran
     # the 7 gradient passes ~4x faster (5 s -> 1.3 s; 18 s -> 14 s for the test on a loaded machine).
-    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 1})
+    @functools.partial(jax.jit, compiler_options=RUNS_MANY_TIMES)
     def run(variables, x):
         decoupled, _ = fld.decouple(model, variables, x, train=False)
         logits_fn = fld.attack_logits_fn(model, variables, decoupled, end_to_end=False)
