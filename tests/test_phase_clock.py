@@ -49,3 +49,12 @@ def test_nested_phases_are_refused():
         with pytest.raises(RuntimeError, match="'plots' opened inside another phase"):
             with clock.phase("plots"):
                 pass
+
+
+def test_the_line_of_a_given_record_says_what_the_record_holds():
+    time = FakeClock()
+    clock = phase_clock.PhaseClock(time)
+    record = {"training": 30.0, "other": 0.0, "total": 30.0}
+    time.now += 500.0  # the clock has moved on since the record was taken
+    assert clock.line(record) == "time by phase: training 30s, other 0.0s (total 30s)"
+    assert record == {"training": 30.0, "other": 0.0, "total": 30.0}  # not consumed

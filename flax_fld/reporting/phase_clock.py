@@ -43,9 +43,10 @@ class PhaseClock:
         return {**{name: round(value, 3) for name, value in self._totals.items()},
                 "other": round(other, 3), "total": round(total, 3)}
 
-    def line(self) -> str:
-        """``time by phase: data 13s, compile 44s, training 2m21s, ... (total 4m40s)``."""
-        seconds = self.seconds()
+    def line(self, seconds: dict[str, float] | None = None) -> str:
+        """``time by phase: data 13s, compile 44s, training 2m21s, ... (total 4m40s)`` of ``seconds()`` (now, or
+        the record given, so that the console and metrics.jsonl say the same)."""
+        seconds = dict(self.seconds() if seconds is None else seconds)
         total = seconds.pop("total")
         parts = ", ".join(f"{name} {progress.format_duration(value)}" for name, value in seconds.items())
         return f"time by phase: {parts} (total {progress.format_duration(total)})"

@@ -104,8 +104,9 @@ class RunOutputs:
         (``compiled``: the compile log's summary of the run, in whatever thread and phase it compiled)."""
         if not self.active:
             return
-        self.writer.write("time", step, self.clock.seconds())
-        print(self.clock.line() + (f"\n{compiled}" if compiled else ""), flush=True)
+        seconds = self.clock.seconds()
+        self.writer.write("time", step, seconds)
+        print(self.clock.line(seconds) + (f"\n{compiled}" if compiled else ""), flush=True)
 
     def close(self) -> None:
         if self.writer is not None:
